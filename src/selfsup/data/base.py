@@ -1,0 +1,55 @@
+"""The in-memory dataset every small source is turned into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ArrayDataset:
+    """A whole split as tensors, ready to be moved to the training device once.
+
+    data: uint8 [N, C, H, W] for images, float32 [N, C, T] for sequences.
+    labels: int64 [N], -1 where unknown (unlabeled splits).
+    mean, std: per-channel normalisation in [0, 1] pixel units (images) or raw units (sequences).
+    view_preset: a view preset this data requires (e.g. 'digits' for 8x8 grayscale); None lets the method choose.
+    """
+
+    data: Tensor
+    labels: Tensor
+    classes: list[str]
+    name: str
+    kind: str = "image"
+    mean: tuple[float, ...] = field(default_factory=tuple)
+    std: tuple[float, ...] = field(default_factory=tuple)
+    view_preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.data) == 0:
+            raise ValueError(f"dataset '{self.name}' is empty: check the path or split")
+        if len(self.data) != len(self.labels):
+            raise ValueError(f"dataset '{self.name}': {len(self.data)} samples but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.shape[1])
+
+    @property
+    def input_size(self) -> int:
+        """Image side (square images) or sequence length."""
+        return int(self.data.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: torch.device | str) -> "ArrayDataset":
+        self.data = self.data.to(device)
+        self.labels = self.labels.to(device)
+        return self

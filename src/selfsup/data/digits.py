@@ -1,0 +1,35 @@
+"""scikit-learn's handwritten digits (1,797 8x8 grayscale images, 10 classes), embedded with the library."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from selfsup.data.base import ArrayDataset
+
+TEST_FRACTION = 0.3
+SPLIT_SEED = 0
+
+
+def load_digits(split: str = "train") -> ArrayDataset:
+    """A fixed stratified split: 70% train, 30% test (held out for kNN and the linear probe)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "test"):
+        raise ValueError(f"digits has splits 'train' and 'test', not '{split}'")
+    bunch = sk_load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # 0..16 -> 0..255
+    idx_train, idx_test = train_test_split(
+        np.arange(len(images)), test_size=TEST_FRACTION, stratify=bunch.target, random_state=SPLIT_SEED
+    )
+    idx = idx_train if split == "train" else idx_test
+    return ArrayDataset(
+        data=torch.from_numpy(images[idx]),
+        labels=torch.from_numpy(bunch.target[idx].astype(np.int64)),
+        classes=[str(c) for c in range(10)],
+        name="digits",
+        mean=(float(images[idx_train].mean() / 255.0),),
+        std=(float(images[idx_train].std() / 255.0),),
+        view_preset="digits",
+    )

@@ -1,0 +1,118 @@
+"""The contract every method follows (DESIGN.md): encoder + heads + objective + per-step state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a method may know about the run it is built for."""
+
+    feature_dim: int  # size of the encoder's output representation
+    num_samples: int  # training-set size (memory banks, k-means memories)
+    num_classes: int  # 0 when the data has no labels
+    steps_per_epoch: int
+    epochs: int
+    channels: int  # image channels, or sequence channels
+    input_size: int  # image side in pixels, or sequence length
+
+
+@dataclass
+class StepOutput:
+    """What one training step returns.
+
+    loss: the scalar to minimise. metrics: detached floats to log.
+    features: the encoder's representation of the first view (with gradient; the
+    trainer detaches it for the online linear probe). embeddings: projections of
+    two views of the same images, for the collapse monitors (detached by the trainer).
+    """
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+    features: Tensor | None = None
+    embeddings: tuple[Tensor, Tensor] | None = None
+
+
+class Method(nn.Module):
+    """Base class: subclasses set the class attributes and implement ``forward``.
+
+    ``cfg`` is the whole run configuration (a nested dict, see ``train.config``);
+    a method reads its own sections ``head`` (projector, predictor, prototypes,
+    queue/bank/EMA settings) and ``loss`` (keyword arguments of its loss).
+    """
+
+    name: ClassVar[str]
+    family: ClassVar[str]  # "contrastive" | "clustering" | "distillation" | "infomax"
+    paper: ClassVar[str]
+    year: ClassVar[int]
+    needs_labels: ClassVar[bool] = False
+    data_kind: ClassVar[str] = "image"  # "image" | "sequence" | "any"
+
+    def __init__(self, encoder: nn.Module, cfg: dict[str, Any], info: RunInfo):
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+        self.info = info
+        self.probe = nn.Linear(info.feature_dim, info.num_classes) if info.num_classes > 0 else None
+
+    def forward(
+        self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None
+    ) -> StepOutput:
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of each epoch (k-means, schedules by epoch)."""
+
+    def on_after_backward(self, step: int) -> None:
+        """Called between backward and the optimizer step (gradient surgery, freezing)."""
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Called after the optimizer step (EMA, queue and bank updates)."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimizer.
+
+        Keys besides ``params``: ``lr`` (this group's base lr instead of the run's),
+        ``weight_decay``, ``fixed_lr`` (True: not scheduled), ``lars_exclude``
+        (True: no LARS adaptation and no weight decay), ``name`` (for logs).
+        The default puts biases and norm parameters in a LARS-excluded group, as
+        SimCLR/BYOL do, and the online probe in its own group without weight decay.
+        """
+        probe = {id(p) for p in self.probe.parameters()} if self.probe is not None else set()
+        regular, excluded = [], []
+        for p in self.parameters():
+            if not p.requires_grad or id(p) in probe:
+                continue
+            (excluded if p.ndim <= 1 else regular).append(p)
+        groups = [
+            {"params": regular, "name": "weights"},
+            {"params": excluded, "name": "bias_norm", "lars_exclude": True, "weight_decay": 0.0},
+        ]
+        if self.probe is not None:
+            groups.append(
+                {"params": list(self.probe.parameters()), "name": "probe", "weight_decay": 0.0, "lars_exclude": True}
+            )
+        return [g for g in groups if g["params"]]
+
+    def probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, float]:
+        """Cross-entropy of the online linear probe on detached features; labels < 0 are ignored."""
+        if self.probe is None:
+            return features.new_zeros(()), float("nan")
+        logits = self.probe(features.detach().float())
+        known = labels >= 0
+        if not bool(known.any()):
+            return logits.sum() * 0.0, float("nan")
+        loss = F.cross_entropy(logits[known], labels[known])
+        accuracy = (logits[known].argmax(1) == labels[known]).float().mean().item()
+        return loss, accuracy
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        """The representation users keep: the encoder's output."""
+        return self.encoder(x)

@@ -1,0 +1,34 @@
+"""SimCLR (Chen et al. 2020): two augmented views, an MLP projector, NT-Xent over the batch.
+
+    h_i = f(x_i), z_i = g(h_i)                      encoder, projector
+    L = NT-Xent(z_1, z_2; tau)                      2N anchors, 2N-2 negatives each
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from selfsup.losses import nt_xent
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.nn.heads import mlp
+
+
+class SimCLR(Method):
+    name = "simclr"
+    family = "contrastive"
+    paper = "A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., ICML)"
+    year = 2020
+
+    def __init__(self, encoder, cfg: dict, info: RunInfo):
+        super().__init__(encoder, cfg, info)
+        head = cfg["head"]
+        self.projector = mlp(info.feature_dim, head["proj_hidden_dim"], head["proj_out_dim"], num_layers=2)
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
+        x1, x2 = views[0], views[1]
+        h = self.encoder(torch.cat([x1, x2]))
+        z1, z2 = self.projector(h).chunk(2)
+        loss = nt_xent(z1, z2, gather=True, **self.cfg["loss"])
+        return StepOutput(loss=loss, features=h[: x1.shape[0]], embeddings=(z1, z2))
+

@@ -1,0 +1,1 @@
+"""Building blocks: backbones, heads, momentum (EMA) and memories (queue, bank)."""

@@ -1,0 +1,50 @@
+"""Backbone registry: names in ``config.yaml`` -> modules with an ``out_dim``.
+
+Any ``nn.Module`` mapping inputs to [B, D] may be used instead (``train.Trainer(encoder=...)``);
+its output size is then found by one forward pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+# name -> "module:function"; each function takes (in_channels=..., **backbone config) and returns a module with out_dim.
+BACKBONES: dict[str, str] = {
+    "resnet18": "selfsup.nn.resnet:resnet18",
+    "resnet50": "selfsup.nn.resnet:resnet50",
+    "vit_tiny": "selfsup.nn.vit:vit_tiny",
+    "vit_small": "selfsup.nn.vit:vit_small",
+    "conv_gru": "selfsup.nn.sequence:conv_gru",
+}
+
+
+def build_backbone(cfg: dict[str, Any], in_channels: int, input_size: int) -> nn.Module:
+    """Build the backbone named ``cfg['name']``; the remaining keys are its keyword arguments."""
+    name = cfg.get("name")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+    module_name, fn_name = BACKBONES[name].split(":")
+    fn = getattr(importlib.import_module(module_name), fn_name)
+    kwargs = {k: v for k, v in cfg.items() if k != "name" and v is not None}
+    if "input_size" in inspect.signature(fn).parameters:
+        kwargs["input_size"] = input_size
+    return fn(in_channels=in_channels, **kwargs)
+
+
+@torch.no_grad()
+def output_dim(encoder: nn.Module, example: torch.Tensor) -> int:
+    """The representation size of any encoder: its ``out_dim`` or one forward pass on ``example``."""
+    if hasattr(encoder, "out_dim"):
+        return int(encoder.out_dim)
+    was_training = encoder.training
+    encoder.eval()
+    out = encoder(example[:2])
+    encoder.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(f"the encoder must return [batch, features]; it returned shape {tuple(out.shape)}")
+    return out.shape[1]

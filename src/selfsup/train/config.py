@@ -1,0 +1,106 @@
+"""Run configuration: global defaults <- the method's preset for the data's scale <- command line <- ``--set``.
+
+The result is a nested dict written verbatim to ``config.yaml``; it holds everything
+needed to rerun. Sections: ``method`` (name), ``data``, ``backbone``, ``head`` (the
+method's modules and state), ``loss`` (its loss's keyword arguments), ``views``,
+``optim``, ``train``, ``eval``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "method": None,
+    "data": {"spec": None, "dir": None},
+    "backbone": {"name": "resnet18", "width": 64, "stem": "cifar"},
+    "head": {},
+    "loss": {},
+    "views": {"preset": None},
+    "optim": {
+        "name": "lars",
+        "lr": 0.3,  # per 256 images (linear scaling rule, Goyal et al. 2017) unless scale_lr is false
+        "scale_lr": True,
+        "weight_decay": 1e-6,
+        "momentum": 0.9,
+        "lars_eta": 0.02,
+        "warmup_epochs": 10,
+        "min_lr_ratio": 0.0,
+        "probe_lr": 0.1,
+    },
+    "train": {
+        "epochs": 100,
+        "batch_size": 256,
+        "seed": 0,
+        "device": "auto",
+        "precision": "auto",  # bf16 autocast on CUDA, fp32 on CPU
+        "compile": False,
+        "channels_last": "auto",
+        "checkpoint_every": 1,
+        "progress": True,
+    },
+    "eval": {"every": 10, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4},
+}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``base`` with ``override`` merged in, recursively for nested dicts."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar parsing for ``--set`` values: 0.2 -> float, true -> bool, [1, 2] -> list."""
+    return yaml.safe_load(text)
+
+
+def set_dotted(cfg: dict[str, Any], assignment: str) -> None:
+    """Apply ``key.sub=value`` to ``cfg`` in place."""
+    if "=" not in assignment:
+        raise ValueError(f"--set expects key=value (e.g. backbone.width=16), got '{assignment}'")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = cfg
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {key}: '{part}' is a value, not a section")
+    node[parts[-1]] = parse_value(text)
+
+
+def scale_of(kind: str, input_size: int) -> str:
+    """Which preset section applies: 'sequence', 'cifar' (images up to 64 px) or 'imagenet'."""
+    if kind == "sequence":
+        return "sequence"
+    return "cifar" if input_size <= 64 else "imagenet"
+
+
+def build_config(
+    method: str,
+    preset: dict[str, Any],
+    scale: str,
+    overrides: dict[str, Any] | None = None,
+    assignments: list[str] | None = None,
+) -> dict[str, Any]:
+    """Merge defaults, the preset's ``scale`` section, explicit overrides and ``--set`` assignments."""
+    if scale not in preset:
+        available = [k for k in preset if k in ("cifar", "imagenet", "sequence")]
+        raise ValueError(f"method '{method}' has no preset for {scale}-size data (it has: {', '.join(available)})")
+    cfg = deep_merge(DEFAULTS, preset[scale])
+    cfg["method"] = method
+    cfg = deep_merge(cfg, overrides or {})
+    for assignment in assignments or []:
+        set_dotted(cfg, assignment)
+    return cfg
+
+
+def dump(cfg: dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)
