@@ -93,3 +93,18 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def init_from_env() -> None:
+    """Join the process group that ``torchrun`` describes (WORLD_SIZE, RANK, MASTER_ADDR, ...).
+
+    NCCL on GPUs, gloo on CPU; a no-op outside torchrun or when already initialised.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return
+    use_cuda = torch.cuda.is_available() and os.environ.get("SELFSUP_BACKEND", "") != "gloo"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")

@@ -12,18 +12,18 @@ SPLIT_SEED = 0
 
 
 def load_digits(split: str = "train") -> ArrayDataset:
-    """A fixed stratified split: 70% train, 30% test (held out for kNN and the linear probe)."""
+    """A fixed stratified split: 70% train (also the pretraining split), 30% test (held out)."""
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
-    if split not in ("train", "test"):
-        raise ValueError(f"digits has splits 'train' and 'test', not '{split}'")
+    if split not in ("pretrain", "train", "test"):
+        raise ValueError(f"digits has splits 'pretrain', 'train' and 'test', not '{split}'")
     bunch = sk_load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # 0..16 -> 0..255
     idx_train, idx_test = train_test_split(
         np.arange(len(images)), test_size=TEST_FRACTION, stratify=bunch.target, random_state=SPLIT_SEED
     )
-    idx = idx_train if split == "train" else idx_test
+    idx = idx_test if split == "test" else idx_train
     return ArrayDataset(
         data=torch.from_numpy(images[idx]),
         labels=torch.from_numpy(bunch.target[idx].astype(np.int64)),

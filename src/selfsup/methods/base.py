@@ -100,17 +100,17 @@ class Method(nn.Module):
             )
         return [g for g in groups if g["params"]]
 
-    def probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, float]:
-        """Cross-entropy of the online linear probe on detached features; labels < 0 are ignored."""
-        if self.probe is None:
-            return features.new_zeros(()), float("nan")
+    def probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy and accuracy of the online linear probe on detached features.
+
+        Labels < 0 (unlabelled samples) are ignored; with none labelled both are 0.
+        """
         logits = self.probe(features.detach().float())
-        known = labels >= 0
-        if not bool(known.any()):
-            return logits.sum() * 0.0, float("nan")
-        loss = F.cross_entropy(logits[known], labels[known])
-        accuracy = (logits[known].argmax(1) == labels[known]).float().mean().item()
-        return loss, accuracy
+        known = (labels >= 0).float()
+        per_sample = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+        count = known.sum().clamp_min(1.0)
+        accuracy = ((logits.argmax(1) == labels).float() * known).sum() / count
+        return (per_sample * known).sum() / count, accuracy
 
     @torch.no_grad()
     def embed(self, x: Tensor) -> Tensor:

@@ -1,0 +1,1 @@
+"""Evaluation on tensors: kNN, linear probe, collapse monitors, plots."""

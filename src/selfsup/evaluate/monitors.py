@@ -1,0 +1,45 @@
+"""Collapse monitors on two batches of embeddings of the same images.
+
+- ``z_std``: mean over dimensions of the per-dimension std of L2-normalised embeddings.
+  Healthy embeddings spread over the sphere give about 1/sqrt(d); complete collapse gives 0
+  (Chen & He 2021, SimSiam, Sec. 4.1). ``z_std_ratio`` = z_std * sqrt(d), about 1 when healthy.
+- ``effective_rank``: exp of the entropy of the normalised singular values of the centred
+  embeddings (Roy & Vetterli 2007); d when every direction is used, 1 when all lie on a line.
+- ``alignment`` and ``uniformity`` (Wang & Isola 2020) of the normalised embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.no_grad()
+def effective_rank(z: Tensor) -> float:
+    singular = torch.linalg.svdvals(z.double() - z.double().mean(0))
+    total = singular.sum()
+    if total <= 0:
+        return 1.0
+    p = singular / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@torch.no_grad()
+def collapse_monitors(z1: Tensor, z2: Tensor) -> dict[str, float]:
+    """All monitors for a pair of [B, D] embedding batches (rows are the same images)."""
+    n1 = F.normalize(z1.float(), dim=1)
+    n2 = F.normalize(z2.float(), dim=1)
+    d = n1.shape[1]
+    z_std = n1.std(0).mean().item() if len(n1) > 1 else 0.0
+    squared_distances = torch.pdist(n1).square()
+    return {
+        "z_std": z_std,
+        "z_std_ratio": z_std * math.sqrt(d),
+        "effective_rank": effective_rank(z1),
+        "alignment": (n1 - n2).norm(dim=1).square().mean().item(),
+        "uniformity": squared_distances.mul(-2).exp().mean().log().item() if len(n1) > 1 else 0.0,
+    }

@@ -1,0 +1,60 @@
+"""Figures of a run: training curves and a 2-D map of the embeddings coloured by class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Loss per epoch (left axis) and kNN top-1 where evaluated (right axis)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss", color="tab:blue")
+    evaluated = [r for r in history if r.get("knn_top1") is not None]
+    if evaluated:
+        ax2 = ax.twinx()
+        ax2.plot([r["epoch"] for r in evaluated], [100 * r["knn_top1"] for r in evaluated], "o-", color="tab:red")
+        ax2.set_ylabel("kNN top-1 (%)", color="tab:red")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_embedding_map(
+    features: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "", max_points: int = 2000, seed: int = 0
+) -> None:
+    """t-SNE (van der Maaten & Hinton 2008) of at most ``max_points`` features, coloured by class."""
+    from sklearn.manifold import TSNE
+
+    plt = _pyplot()
+    rng = np.random.default_rng(seed)
+    if len(features) > max_points:
+        keep = rng.choice(len(features), max_points, replace=False)
+        features, labels = features[keep], labels[keep]
+    perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6)
+    ax.legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8, title="class")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

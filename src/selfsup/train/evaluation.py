@@ -1,0 +1,82 @@
+"""Evaluate or apply a finished run's encoder: ``selfsup eval`` and ``selfsup embed``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from selfsup.data import load_dataset
+from selfsup.evaluate.knn import knn_top1
+from selfsup.evaluate.linear import linear_probe_top1
+from selfsup.nn.backbones import build_backbone
+from selfsup.train.features import extract_features
+from selfsup.train.report import load_encoder, write_json
+from selfsup.train.setup import load_datasets, resolve_device, seed_everything
+
+
+def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module]:
+    """The run's config and its trained encoder (from ``encoder.safetensors``)."""
+    run = Path(run)
+    config, weights = run / "config.yaml", run / "encoder.safetensors"
+    if not config.is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.yaml): pass the --out of a `selfsup train`")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{run} has no encoder.safetensors yet: the run has not finished (resume it with --resume)")
+    cfg = yaml.safe_load(config.read_text())
+    probe = load_dataset(cfg["data"]["spec"], cfg["data"]["dir"], "test")
+    encoder = build_backbone(cfg["backbone"], probe.channels, probe.input_size)
+    return cfg, load_encoder(encoder, weights)
+
+
+def evaluate_run(run: str | Path, protocol: str = "all") -> dict[str, float]:
+    """kNN and/or linear-probe top-1 of the run's encoder on its data; merged into ``summary.json``."""
+    cfg, encoder = load_run(run)
+    device = resolve_device(cfg["train"]["device"])
+    encoder.to(device)
+    datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"])
+    results: dict[str, float] = {}
+    if protocol in ("knn", "all"):
+        results["knn_top1"] = encoder_knn(encoder, datasets, cfg, device)
+    if protocol in ("linear", "all"):
+        train_f = extract_features(encoder, datasets.train, device)
+        test_f = extract_features(encoder, datasets.test, device)
+        train_y, test_y = datasets.train.labels.to(device), datasets.test.labels.to(device)
+        results["linear_top1"] = linear_probe_top1(train_f, train_y, test_f, test_y, cfg["eval"]["linear_epochs"])
+    summary_path = Path(run) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    write_json(summary_path, {**summary, **results})
+    return results
+
+
+def embed(run: str | Path, data: str, out: str | Path, split: str = "test", data_dir: str | None = None) -> tuple:
+    """Write the run encoder's features of ``data``'s ``split`` to ``out`` (.npy, [N, D] float32)."""
+    cfg, encoder = load_run(run)
+    device = resolve_device(cfg["train"]["device"])
+    dataset = load_dataset(data, data_dir, split)
+    features = extract_features(encoder.to(device), dataset, device).cpu().numpy().astype(np.float32)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, features)
+    return features.shape
+
+
+def encoder_knn(encoder: nn.Module, datasets, cfg: dict[str, Any], device: torch.device) -> float:
+    """Held-out kNN top-1 of any encoder on ``datasets`` (train split as memory, test split as queries)."""
+    train_f = extract_features(encoder, datasets.train, device)
+    test_f = extract_features(encoder, datasets.test, device)
+    return knn_top1(
+        train_f, datasets.train.labels.to(device), test_f, datasets.test.labels.to(device),
+        k=cfg["eval"]["knn_k"], temperature=cfg["eval"]["knn_t"],
+    )
+
+
+def random_init_knn(cfg: dict[str, Any], datasets, device: torch.device) -> float:
+    """kNN of the encoder a run with ``cfg`` starts from (same seed, same construction order)."""
+    seed_everything(cfg["train"]["seed"])
+    encoder = build_backbone(cfg["backbone"], datasets.train.channels, datasets.train.input_size).to(device)
+    return encoder_knn(encoder, datasets, cfg, device)

@@ -1,0 +1,49 @@
+"""The end of a run: the encoder's weights, summary.json, and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from selfsup.evaluate.plots import plot_curves, plot_embedding_map
+from selfsup.train.checkpoint import atomic_write
+
+
+def save_encoder(encoder: nn.Module, path: str | Path) -> None:
+    """The encoder's weights as safetensors (what users keep), written atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    atomic_write(path, lambda f: f.write(save(tensors)))
+
+
+def load_encoder(encoder: nn.Module, path: str | Path) -> nn.Module:
+    from safetensors.torch import load_file
+
+    encoder.load_state_dict(load_file(str(path)))
+    return encoder
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(payload, indent=2) + "\n").encode()))
+
+
+def write_outputs(
+    out: Path,
+    encoder: nn.Module,
+    summary: dict[str, Any],
+    history: list[dict[str, Any]],
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+) -> None:
+    save_encoder(encoder, out / "encoder.safetensors")
+    write_json(out / "summary.json", summary)
+    title = f"{summary['method']} on {summary['data']}"
+    plot_curves(history, out / "curves.png", title)
+    plot_embedding_map(
+        test_features.float().cpu().numpy(), test_labels.cpu().numpy(), out / "embedding_map.png", title
+    )

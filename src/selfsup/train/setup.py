@@ -1,0 +1,112 @@
+"""From a method name and a data SPEC to a ready run: config, datasets, encoder, method, views, device."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from selfsup import methods
+from selfsup.data import ArrayDataset, load_dataset
+from selfsup.methods.base import Method, RunInfo
+from selfsup.nn.backbones import build_backbone, output_dim
+from selfsup.train.config import build_config, deep_merge, scale_of
+
+
+@dataclass
+class Datasets:
+    pretrain: ArrayDataset  # what the self-supervised objective trains on
+    train: ArrayDataset  # labelled training split for kNN / linear evaluation
+    test: ArrayDataset  # held-out split
+
+
+def load_datasets(spec: str, root: str | None) -> Datasets:
+    return Datasets(
+        pretrain=load_dataset(spec, root, "pretrain"),
+        train=load_dataset(spec, root, "train"),
+        test=load_dataset(spec, root, "test"),
+    )
+
+
+def make_config(
+    method: str,
+    data_spec: str,
+    data: ArrayDataset,
+    data_dir: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    assignments: list[str] | None = None,
+) -> dict[str, Any]:
+    """The full run config: defaults, the method's preset for this data's scale, overrides, ``--set``.
+
+    A dataset that needs its own views (8x8 grayscale digits) replaces the preset's
+    views unless the user chose ``views.preset`` explicitly.
+    """
+    cls = methods.get(method)
+    if cls.data_kind not in ("any", data.kind):
+        raise ValueError(f"method '{method}' trains on {cls.data_kind} data but '{data_spec}' holds {data.kind}s")
+    scale = scale_of(data.kind, data.input_size)
+    base = {"data": {"spec": data_spec, "dir": data_dir}}
+    if data.view_preset:
+        base["views"] = {"preset": data.view_preset}
+    return build_config(method, methods.preset(method), scale, deep_merge(base, overrides or {}), assignments)
+
+
+def validate(cfg: dict[str, Any], data: ArrayDataset, world: int) -> None:
+    """One-line errors for settings that cannot work."""
+    train = cfg["train"]
+    if not isinstance(train["epochs"], int) or train["epochs"] <= 0:
+        raise ValueError(f"--epochs must be a positive whole number, got {train['epochs']}")
+    batch = train["batch_size"]
+    if not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"--batch-size must be a positive whole number, got {batch}")
+    if batch > len(data):
+        raise ValueError(
+            f"batch size {batch} is larger than the dataset ({len(data)} samples): use --batch-size {len(data)} or less"
+        )
+    if batch % world:
+        raise ValueError(f"batch size {batch} is not divisible by the {world} processes: pick a multiple of {world}")
+    if methods.get(cfg["method"]).needs_labels and bool((data.labels < 0).all()):
+        raise ValueError(f"method '{cfg['method']}' needs labels but '{cfg['data']['spec']}' has none")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu")
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device("cuda", local if name == "cuda" else torch.device(name).index)
+    if name != "cpu":
+        raise ValueError(f"unknown device '{name}'; use cpu, cuda or auto")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_method(
+    cfg: dict[str, Any], data: ArrayDataset, steps_per_epoch: int, encoder: nn.Module | None = None
+) -> Method:
+    """The encoder (from ``cfg['backbone']`` unless given) wrapped by the configured method."""
+    if encoder is None:
+        encoder = build_backbone(cfg["backbone"], data.channels, data.input_size)
+    example = torch.zeros((2,) + tuple(data.data.shape[1:]))
+    info = RunInfo(
+        feature_dim=output_dim(encoder, example),
+        num_samples=len(data),
+        num_classes=data.num_classes,
+        steps_per_epoch=steps_per_epoch,
+        epochs=cfg["train"]["epochs"],
+        channels=data.channels,
+        input_size=data.input_size,
+    )
+    return methods.get(cfg["method"])(encoder, cfg, info)
