@@ -141,13 +141,13 @@ def _resample_linear(values: np.ndarray, length: int) -> np.ndarray:
 
 def _find_ucr(name: str, part: str, root: str | None) -> Path:
     filename = f"{name}_{part}.ts"
-    candidates = []
-    if root is not None:
-        candidates += [Path(root) / filename, Path(root) / name / filename]
-    candidates.append(_sktime_data() / name / filename)
+    candidates = [Path(root) / filename, Path(root) / name / filename] if root is not None else []
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    candidates.append(_sktime_data() / name / filename)
+    if candidates[-1].is_file():
+        return candidates[-1]
     raise FileNotFoundError(
         f"UCR problem '{name}': {filename} not found in {', '.join(str(c.parent) for c in candidates)}; "
         "download it from timeseriesclassification.com into --data-dir, or give a .ts path"
