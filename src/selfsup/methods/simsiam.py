@@ -1,0 +1,53 @@
+"""SimSiam (Chen & He 2021): a predictor and a stop-gradient, no negatives, no momentum encoder.
+
+    z = g(f(x)), p = h(z)                              projector ends with BN; h is a bottleneck MLP
+    L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2,  D(p, z) = -cos(p, z)
+    the predictor h is trained with a fixed (unscheduled) learning rate (Sec. 4.4, Table 1)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from selfsup.losses import negative_cosine
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.nn.heads import mlp
+
+
+class SimSiam(Method):
+    name = "simsiam"
+    family = "distillation"
+    paper = "Exploring Simple Siamese Representation Learning (Chen & He, CVPR)"
+    year = 2021
+
+    def __init__(self, encoder, cfg: dict, info: RunInfo):
+        super().__init__(encoder, cfg, info)
+        head = cfg["head"]
+        dim = head["proj_out_dim"]
+        self.projector = mlp(
+            info.feature_dim, head["proj_hidden_dim"], dim, num_layers=head["proj_layers"], last_batch_norm=True
+        )
+        self.predictor = mlp(dim, head["pred_hidden_dim"], dim, num_layers=2)
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
+        x1, x2 = views[0], views[1]
+        h = self.encoder(torch.cat([x1, x2]))
+        z = self.projector(h)
+        p1, p2 = self.predictor(z).chunk(2)
+        z1, z2 = z.chunk(2)
+        loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+        return StepOutput(loss=loss, features=h[: x1.shape[0]], embeddings=(z1, z2))
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The default groups without the predictor, plus the predictor at a fixed learning rate."""
+        predictor = {id(p) for p in self.predictor.parameters()}
+        groups = []
+        for group in super().param_groups():
+            params = [p for p in group["params"] if id(p) not in predictor]
+            if params:
+                groups.append({**group, "params": params})
+        groups.append({"params": list(self.predictor.parameters()), "name": "predictor", "fixed_lr": True})
+        return groups
