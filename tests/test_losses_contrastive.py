@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import reference
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +22,7 @@ from selfsup.losses import (
     triplet,
     uniformity,
 )
+from tests import reference
 
 SHAPES = [(2, 3), (5, 4)]
 
