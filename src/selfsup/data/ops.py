@@ -1,0 +1,192 @@
+"""Batched image operations on float images in [0, 1], shape [B, C, H, W], each sample with its own parameters.
+
+Every function works on whatever device the batch is on and has no Python loop over samples.
+Semantics follow torchvision's tensor transforms (ColorJitter, RandomResizedCrop, GaussianBlur,
+RandomSolarize, Grayscale), so presets written for torchvision mean the same thing here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision's rgb_to_grayscale
+CROP_TRIES = 10
+
+
+def uniform(n: int, low: float, high: float, device: torch.device) -> Tensor:
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+def bernoulli(n: int, p: float, device: torch.device) -> Tensor:
+    """Boolean mask [n], True with probability p."""
+    return torch.rand(n, device=device) < p
+
+
+def sample_crop_boxes(
+    n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], device: torch.device
+) -> Tensor:
+    """Boxes [n, 4] = (x0, y0, w, h) in pixels, as RandomResizedCrop.get_params but continuous.
+
+    area ~ U(scale) * H * W, log(aspect) ~ U(log ratio); the first of ``CROP_TRIES`` draws that fits
+    wins, samples where none fits fall back to the whole image. The position is uniform.
+    """
+    area = torch.empty(n, CROP_TRIES, device=device).uniform_(*scale) * (height * width)
+    log_r = torch.empty(n, CROP_TRIES, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    aspect = log_r.exp()
+    w = (area * aspect).sqrt()
+    h = (area / aspect).sqrt()
+    fits = (w <= width) & (h <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
+    any_fit = fits.any(dim=1)
+    w = torch.where(any_fit, w.gather(1, first).squeeze(1), torch.full_like(any_fit, width, dtype=w.dtype))
+    h = torch.where(any_fit, h.gather(1, first).squeeze(1), torch.full_like(any_fit, height, dtype=h.dtype))
+    x0 = torch.rand(n, device=device) * (width - w)
+    y0 = torch.rand(n, device=device) * (height - h)
+    return torch.stack([x0, y0, w, h], dim=1)
+
+
+def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+    """Crop each box and resize it to ``size`` x ``size`` with bilinear interpolation, mirrored where ``flip``.
+
+    One ``grid_sample`` for the whole batch: output pixel centres are mapped affinely into the box
+    (pixel-edge convention, as ``interpolate(..., align_corners=False)``), negating x for flipped samples.
+    """
+    n, _, height, width = images.shape
+    x0, y0, w, h = boxes.unbind(1)
+    sx = w / width
+    sy = h / height
+    if flip is not None:
+        sx = torch.where(flip, -sx, sx)
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = (2 * x0 + w) / width - 1
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = (2 * y0 + h) / height - 1
+    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def luma(images: Tensor) -> Tensor:
+    """Grayscale [B, 1, H, W] = 0.299 R + 0.587 G + 0.114 B (a single channel is its own luma)."""
+    if images.shape[1] == 1:
+        return images
+    r, g, b = images.split(1, dim=1)
+    return torch.add(r * LUMA[0], g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])
+
+
+def blend_stage(images: Tensor, factor: Tensor, to_mean: Tensor, to_gray: Tensor) -> Tensor:
+    """One ColorJitter stage for the whole batch: ``clamp(f * x + (1 - f) * target, 0, 1)``.
+
+    target is 0 (brightness), the image's mean luma (contrast, where ``to_mean``) or its luma image
+    (saturation, where ``to_gray``); ``factor`` [B] is 1 for samples whose stage is something else.
+    """
+    gray = luma(images)
+    mean = gray.mean(dim=(2, 3), keepdim=True)
+    target = torch.where(to_gray.view(-1, 1, 1, 1), gray, mean * to_mean.view(-1, 1, 1, 1))
+    return torch.lerp(target, images, factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
+
+
+def _hue6_chroma(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(6 * hue in [-1, 5), max, max - min) per pixel, the HSV decomposition torchvision uses.
+
+    Branches are written as arithmetic on 0/1 masks: ``torch.where`` with a full-size mask is
+    an order of magnitude slower on CPU.
+    """
+    maxc = images.amax(dim=1, keepdim=True)
+    chroma = maxc - images.amin(dim=1, keepdim=True)
+    rc, gc, bc = ((maxc - images) / chroma.clamp_min(1e-12)).split(1, dim=1)
+    r, g, _ = images.split(1, dim=1)
+    is_r = (r == maxc).to(images.dtype)
+    is_g = (g == maxc).to(images.dtype) * (1.0 - is_r)
+    is_b = 1.0 - is_r - is_g
+    hue6 = is_r * (bc - gc) + is_g * (2.0 + rc - bc) + is_b * (4.0 + gc - rc)
+    return hue6, maxc, chroma
+
+
+def _rgb_from_hue6(hue6: Tensor, value: Tensor, chroma: Tensor) -> Tensor:
+    """RGB from 6 * hue (any real), value and chroma: c_n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6."""
+    offsets = hue6.new_tensor((5.0, 3.0, 1.0)).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + hue6, 6.0)
+    return value - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+
+
+def rgb_to_hsv(images: Tensor) -> Tensor:
+    """[B, 3, H, W] RGB -> HSV with every channel in [0, 1] (hue 0 = red)."""
+    hue6, value, chroma = _hue6_chroma(images)
+    saturation = chroma / value.clamp_min(1e-12)
+    return torch.cat([torch.remainder(hue6 / 6.0, 1.0), saturation, value], dim=1)
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    hue, saturation, value = hsv.split(1, dim=1)
+    return _rgb_from_hue6(hue * 6.0, value, saturation * value)
+
+
+def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
+    """Rotate hue by ``shift`` [B] (fraction of a turn, torchvision's hue_factor), keeping S and V."""
+    hue6, value, chroma = _hue6_chroma(images)
+    return _rgb_from_hue6(hue6 + 6.0 * shift.view(-1, 1, 1, 1), value, chroma)
+
+
+def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    """torchvision's ColorJitter with per-sample factors and per-sample order.
+
+    factors: [B, 4] = (brightness, contrast, saturation, hue shift); (1, 1, 1, 0) is the identity.
+    order: [B, 4] a permutation of 0..3 (brightness, contrast, saturation, hue) per sample.
+    Brightness, contrast and saturation are blends (``blend_stage``); hue is applied to the samples
+    whose stage it is only, so each image pays for one hue rotation at most.
+    """
+    out = images
+    for stage in range(4):
+        op = order[:, stage]
+        factor = torch.where(op == 3, torch.ones_like(factors[:, 0]), factors.gather(1, op.clamp(max=2)[:, None])[:, 0])
+        out = blend_stage(out, factor, to_mean=op == 1, to_gray=op == 2)
+        hue_here = ((op == 3) & (factors[:, 3] != 0)).nonzero().squeeze(1)
+        if hue_here.numel():
+            out[hue_here] = adjust_hue(out[hue_here], factors[hue_here, 3])
+    return out
+
+
+def grayscale(images: Tensor, mask: Tensor) -> Tensor:
+    """Replace the samples where ``mask`` by their luma, repeated over the 3 channels."""
+    return torch.where(mask.view(-1, 1, 1, 1), luma(images).expand_as(images), images)
+
+
+def blur_kernel_size(image_size: int, fraction: float = 0.1) -> int:
+    """SimCLR's kernel: ``fraction`` of the image side, made odd, at least 3."""
+    size = max(3, int(round(image_size * fraction)))
+    return size if size % 2 == 1 else size + 1
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
+    """Separable Gaussian blur, ``sigma`` [B] per sample, reflect padding (torchvision's GaussianBlur).
+
+    A sigma near 0 gives a delta kernel, i.e. the identity, so unblurred samples need no separate path.
+    """
+    n, c, height, width = images.shape
+    half = kernel_size // 2
+    if half >= min(height, width):
+        raise ValueError(f"blur kernel {kernel_size} is too large for {height}x{width} images: lower blur_kernel")
+    t = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
+    weights = torch.exp(-(t**2)[None, :] / (2 * sigma.to(images.dtype)[:, None] ** 2))
+    weights = (weights / weights.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
+    x = F.pad(images.reshape(1, n * c, height, width), (half, half, half, half), mode="reflect")
+    x = F.conv2d(x, weights.view(n * c, 1, 1, kernel_size), groups=n * c)
+    x = F.conv2d(x, weights.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return x.view(n, c, height, width)
+
+
+def solarize(images: Tensor, mask: Tensor) -> Tensor:
+    """Invert pixels at or above 0.5 in the samples where ``mask``; for x in [0, 1] that is min(x, 1 - x)."""
+    return torch.where(mask.view(-1, 1, 1, 1), torch.minimum(images, 1.0 - images), images)
+
+
+def normalize(images: Tensor, mean, std) -> Tensor:
+    """(x - mean) / std per channel for float images in [0, 1]."""
+    scale = 1.0 / images.new_tensor(std).view(1, -1, 1, 1)
+    shift = -images.new_tensor(mean).view(1, -1, 1, 1) * scale
+    return torch.addcmul(shift, images, scale)
