@@ -35,7 +35,7 @@ from selfsup.losses import (
 )
 
 WORLD = 2
-# rank 0 holds labels [0, 0, 0, 1], rank 1 [1, 2, 3, 3]: unequal numbers of anchors with a positive
+# rank 0 holds labels [0, 0, 0, 1], rank 1 [1, 2, 3, 3]
 LABELS = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
 
 
@@ -56,6 +56,8 @@ PROTOTYPES = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().
 CASES = {
     "nt_xent": lambda z, y, gather: nt_xent(z[:, 0], z[:, 1], temperature=0.5, gather=gather),
     "supcon": lambda z, y, gather: supcon(z, y, temperature=0.3, gather=gather),
+    # one view: label 1's positive is on the other rank, label 2 has none; 4 and 3 anchors count
+    "supcon_one_view": lambda z, y, gather: supcon(z[:, :1], y, temperature=0.3, gather=gather),
     "supcon_unlabelled": lambda z, y, gather: supcon(z, temperature=0.3, gather=gather),
     "info_nce": lambda z, y, gather: info_nce(z[:, 0], z[:, 1], None, temperature=0.2, gather=gather),
     "cpc": lambda z, y, gather: cpc(z, z.flip(1), [PREDICTOR, PREDICTOR.T], gather=gather),

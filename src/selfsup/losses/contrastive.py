@@ -129,7 +129,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, gather: bool = Fal
     local = torch.arange(n, device=z1.device) + offset
     own = torch.cat([local, local + total])
     partner = torch.cat([local + total, local])
-    logits = logits.masked_fill(F.one_hot(own, 2 * total).bool(), float("-inf"))
+    logits = logits.scatter(1, own[:, None], float("-inf"))
     return F.cross_entropy(logits, partner)
 
 
@@ -155,7 +155,8 @@ def supcon(features: Tensor, labels: Tensor | None = None, temperature: float = 
         candidate_labels = distributed.gather_no_grad(labels) if gather else labels
     anchors = z.reshape(batch * views, dim)
     logits = anchors @ candidates.reshape(-1, dim).T / temperature
-    is_self = F.one_hot(torch.arange(batch * views, device=z.device) + offset * views, logits.shape[1]).bool()
+    anchor_index = torch.arange(batch * views, device=z.device) + offset * views
+    is_self = anchor_index[:, None] == torch.arange(logits.shape[1], device=z.device)[None, :]
     log_prob = logits.masked_fill(is_self, float("-inf")).log_softmax(dim=1)
     is_positive = (labels.repeat_interleave(views)[:, None] == candidate_labels.repeat_interleave(views)[None]) & ~is_self
     positives = is_positive.sum(1)
@@ -243,7 +244,8 @@ def deep_infomax(local: Tensor, global_: Tensor, estimator: str = "jsd", gather:
     if len(all_local) < 2:
         raise ValueError("deep_infomax: needs at least 2 images in the batch for negatives")
     scores = torch.einsum("bd,cnd->bcn", global_, all_local)
-    own = F.one_hot(torch.arange(batch, device=local.device) + offset, len(all_local)).bool()[:, :, None]
+    image = torch.arange(len(all_local), device=local.device)
+    own = (image[None, :] == image[offset : offset + batch, None])[:, :, None]
     positive = scores[own.squeeze(2)]
     if estimator == "jsd":
         negatives = scores.masked_select(~own.expand_as(scores))
