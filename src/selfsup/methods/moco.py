@@ -1,0 +1,99 @@
+"""MoCo v1 (He et al. 2020) and v2 (Chen et al. 2020): momentum key encoder and a queue of negative keys.
+
+    q = normalise(g_q(f_q(x_1)))                   query, with gradient
+    k = normalise(g_k(f_k(x_2)))                   key, no gradient (f_k, g_k: EMAs of f_q, g_q)
+    L = -log exp(q.k / tau) / (exp(q.k / tau) + sum_{n in queue} exp(q.n / tau))
+    after the step: theta_k <- m theta_k + (1 - m) theta_q;  enqueue k, dequeue the oldest
+
+v1 projects with one linear layer; v2 with a 2-layer MLP (no BN) and adds blur to the views.
+Under DDP the key encoder sees a batch shuffled across ranks (shuffling BN, v1 Sec. 3.3),
+so its BatchNorm statistics cannot leak which key belongs to which query.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from selfsup import distributed
+from selfsup.losses import info_nce
+from selfsup.methods.base import Method, RunInfo, StepOutput
+from selfsup.nn.heads import mlp
+from selfsup.nn.memory import Queue
+from selfsup.nn.momentum import ema_update, momentum_copy
+
+
+@torch.no_grad()
+def shuffle_across_ranks(x: Tensor) -> tuple[Tensor, Tensor]:
+    """This rank's share of the global batch in a random order, and the permutation used.
+
+    The permutation of the gathered batch is drawn on rank 0 and broadcast; rank r takes
+    its r-th slice. In a single process this is a permutation of the batch itself.
+    """
+    everyone = distributed.gather_no_grad(x)
+    permutation = distributed.broadcast(torch.randperm(everyone.shape[0], device=x.device))
+    return everyone[_own_slice(permutation)], permutation
+
+
+@torch.no_grad()
+def unshuffle_across_ranks(y: Tensor, permutation: Tensor) -> Tensor:
+    """Undo ``shuffle_across_ranks``: each rank gets back the rows of its own inputs, in order."""
+    everyone = distributed.gather_no_grad(y)
+    return everyone[_own_slice(torch.argsort(permutation))]
+
+
+def _own_slice(order: Tensor) -> Tensor:
+    return order.view(distributed.world_size(), -1)[distributed.rank()]
+
+
+class MoCo(Method):
+    name = "moco"
+    family = "contrastive"
+    paper = "Improved Baselines with Momentum Contrastive Learning (Chen, Fan, Girshick, He; MoCo v2, arXiv)"
+    year = 2020
+
+    def __init__(self, encoder, cfg: dict, info: RunInfo):
+        super().__init__(encoder, cfg, info)
+        head = cfg["head"]
+        self.projector = mlp(
+            info.feature_dim, head.get("proj_hidden_dim", info.feature_dim), head["proj_out_dim"],
+            num_layers=head["proj_layers"], batch_norm=False,
+        )
+        self.key_encoder = momentum_copy(self.encoder)
+        self.key_projector = momentum_copy(self.projector)
+        self.queue = Queue(head["queue_size"], head["proj_out_dim"])
+        self.momentum = head["momentum"]
+        self.shuffle_bn = head.get("shuffle_bn", True)
+        self._keys: Tensor | None = None
+
+    def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
+        h = self.encoder(views[0])
+        q = F.normalize(self.projector(h), dim=1)
+        k = self.keys(views[1])
+        loss = info_nce(q, k, negatives=self.queue.items, **self.cfg["loss"])
+        self._keys = k
+        metrics = {"positive_cosine": (q.detach() * k).sum(1).mean().item()}
+        return StepOutput(loss=loss, metrics=metrics, features=h, embeddings=(q, k))
+
+    @torch.no_grad()
+    def keys(self, x: Tensor) -> Tensor:
+        """Keys of the momentum encoder, with the batch shuffled across ranks under DDP."""
+        shuffle = self.shuffle_bn and distributed.is_distributed()
+        if shuffle:
+            x, permutation = shuffle_across_ranks(x)
+        k = F.normalize(self.key_projector(self.key_encoder(x)), dim=1)
+        return unshuffle_across_ranks(k, permutation) if shuffle else k
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        ema_update(self.key_encoder, self.encoder, self.momentum)
+        ema_update(self.key_projector, self.projector, self.momentum)
+        if self._keys is not None:
+            self.queue.enqueue(self._keys)
+            self._keys = None
+
+
+class MoCoV1(MoCo):
+    name = "mocov1"
+    paper = "Momentum Contrast for Unsupervised Visual Representation Learning (He, Fan, Wu, Xie, Girshick; CVPR)"
+    year = 2020

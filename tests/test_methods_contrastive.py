@@ -1,0 +1,247 @@
+"""InstDisc, MoCo v1/v2, SupCon and AdCo: their state updates, and that each one learns."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfsup import methods
+from selfsup.losses import info_nce
+from selfsup.methods.base import RunInfo
+from selfsup.methods.moco import shuffle_across_ranks, unshuffle_across_ranks
+from selfsup.nn.resnet import resnet18
+from selfsup.train.config import build_config
+from selfsup.train.optim import build_optimizer
+
+POOL, BATCH, SIDE = 64, 16, 16
+
+# Small heads and memories so that a step takes milliseconds; queue/negatives smaller than the
+# pool minus a batch so that they never hold the current images' own keys.
+TINY_HEADS = {
+    "moco": {"proj_hidden_dim": 32, "proj_out_dim": 16, "queue_size": 32},
+    "mocov1": {"proj_out_dim": 16, "queue_size": 32},
+    "instdisc": {"proj_out_dim": 16, "noise_samples": 32},
+    "supcon": {"proj_hidden_dim": 32, "proj_out_dim": 16},
+    "adco": {"proj_hidden_dim": 32, "proj_out_dim": 16, "num_negatives": 32},
+}
+CONTRASTIVE = sorted(TINY_HEADS)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny convolutions gain nothing from intra-op threads; on a shared 2-core machine they only add waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name: str, **head) -> methods.Method:
+    torch.manual_seed(0)
+    overrides = {"head": {**TINY_HEADS[name], **head}, "train": {"batch_size": BATCH}}
+    cfg = build_config(name, methods.preset(name), "cifar", overrides)
+    encoder = resnet18(width=4, stem="cifar", in_channels=3)
+    info = RunInfo(
+        feature_dim=encoder.out_dim, num_samples=POOL, num_classes=0, steps_per_epoch=POOL // BATCH,
+        epochs=1, channels=3, input_size=SIDE,
+    )
+    return methods.get(name)(encoder, cfg, info)
+
+
+def pool() -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Two fixed 'views' of POOL random images (the second a noisy copy) and 4 labels."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(POOL, 3, SIDE, SIDE, generator=generator)
+    noisy = x + 0.1 * torch.randn(x.shape, generator=generator)
+    return [x, noisy], torch.arange(POOL) % 4
+
+
+def train_step(method, optimizer, views, labels, indices, step):
+    out = method(views, labels=labels, indices=indices)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    method.on_after_backward(step)
+    optimizer.step()
+    method.on_step_end(step, 100)
+    return out
+
+
+@pytest.mark.parametrize("name", CONTRASTIVE)
+def test_forward_backward_and_loss_decreases_over_a_few_epochs_of_a_fixed_pool(name):
+    method = tiny(name)
+    optimizer = build_optimizer(method.param_groups(), method.cfg["optim"], BATCH)
+    views, labels = pool()
+    epoch_losses = []
+    step = 0
+    for _ in range(5):
+        total = 0.0
+        for start in range(0, POOL, BATCH):
+            idx = torch.arange(start, start + BATCH)
+            out = train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, step)
+            step += 1
+            total += out.loss.item()
+            assert out.features.shape == (BATCH, method.info.feature_dim)
+            assert out.embeddings[0].shape == out.embeddings[1].shape == (BATCH, 16)
+            assert all(p.grad is None or torch.isfinite(p.grad).all() for p in method.parameters())
+        epoch_losses.append(total)
+    # Epoch 0 is measured against the initial memory (random queue, AdCo's negatives being filled
+    # with keys), which is easier than the real keys that replace it; learning shows from epoch 1 on.
+    assert epoch_losses[-1] < epoch_losses[1], epoch_losses
+
+
+@pytest.mark.parametrize("name", ["moco", "mocov1", "adco"])
+def test_key_encoder_is_the_ema_of_the_query_encoder(name):
+    method = tiny(name)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.5)
+    views, labels = pool()
+    keys_before = copy.deepcopy(method.key_encoder)
+    idx = torch.arange(BATCH)
+    train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, 0)
+    m = method.momentum
+    moved = 0
+    for k_before, k_after, q in zip(keys_before.parameters(), method.key_encoder.parameters(), method.encoder.parameters()):
+        assert torch.allclose(k_after, m * k_before + (1 - m) * q, atol=1e-6)
+        moved += int(not torch.equal(k_after, k_before))
+    assert moved > 0
+    assert not any(p.requires_grad for p in method.key_encoder.parameters())
+
+
+def test_moco_enqueues_the_batch_keys_after_the_step():
+    method = tiny("moco")
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
+    views, labels = pool()
+    queue_before = method.queue.items.clone()
+    idx = torch.arange(BATCH)
+    out = train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, 0)
+    keys = out.embeddings[1]
+    assert not keys.requires_grad
+    assert torch.equal(method.queue.items[:BATCH], keys)
+    assert torch.equal(method.queue.items[BATCH:], queue_before[BATCH:])
+    assert int(method.queue.pointer) == BATCH
+
+
+def test_moco_loss_uses_the_queue_as_negatives():
+    method = tiny("mocov1")
+    views, _ = pool()
+    with torch.no_grad():
+        out = method([v[:BATCH] for v in views])
+        q, k = out.embeddings
+        expected = info_nce(q, k, negatives=method.queue.items, temperature=method.cfg["loss"]["temperature"])
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_shuffle_and_unshuffle_round_trip_is_exact():
+    torch.manual_seed(0)
+    x = torch.randn(32, 5)
+    shuffled, permutation = shuffle_across_ranks(x)
+    assert not torch.equal(shuffled, x)
+    assert torch.equal(shuffled, x[permutation])
+    assert torch.equal(unshuffle_across_ranks(shuffled, permutation), x)
+    # A row-wise function commutes with the shuffle: what the key encoder computes comes back in order.
+    assert torch.equal(unshuffle_across_ranks(shuffled * 2 + 1, permutation), x * 2 + 1)
+
+
+def test_instdisc_updates_its_bank_at_the_batch_indices_with_momentum():
+    method = tiny("instdisc")
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
+    views, labels = pool()
+    bank_before = method.bank.vectors.clone()
+    idx = torch.tensor([5, 9, 17, 33, 40, 41, 42, 50, 51, 52, 53, 54, 60, 61, 62, 63])
+    out = train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, 0)
+    v = out.embeddings[0].detach()
+    m = method.cfg["head"]["bank_momentum"]
+    assert torch.allclose(method.bank.vectors[idx], F.normalize(m * bank_before[idx] + (1 - m) * v, dim=1), atol=1e-6)
+    others = torch.ones(POOL, dtype=torch.bool)
+    others[idx] = False
+    assert torch.equal(method.bank.vectors[others], bank_before[others])
+    assert torch.equal(out.embeddings[1], bank_before[idx])  # the bank entry is the image's other view
+
+
+def test_instdisc_estimates_the_partition_function_once():
+    method = tiny("instdisc")
+    views, _ = pool()
+    idx = torch.arange(BATCH)
+    method([v[idx] for v in views], indices=idx)
+    first = method.log_partition.clone()
+    assert torch.isfinite(first)
+    # Z ~ N E[exp(v.n / t)]: with unit vectors |v.n| <= 1, so log Z lies within log N +- 1/t.
+    t = method.cfg["loss"]["temperature"]
+    assert abs(first.item() - torch.log(torch.tensor(float(POOL))).item()) <= 1 / t
+    method([v[idx + BATCH] for v in views], indices=idx + BATCH)
+    assert torch.equal(method.log_partition, first)
+
+
+def test_instdisc_and_supcon_say_what_they_need():
+    views, _ = pool()
+    with pytest.raises(ValueError, match="indices"):
+        tiny("instdisc")([v[:BATCH] for v in views])
+    with pytest.raises(ValueError, match="labels"):
+        tiny("supcon")([v[:BATCH] for v in views])
+    assert methods.get("supcon").needs_labels
+
+
+def test_supcon_pulls_together_images_of_the_same_label():
+    method = tiny("supcon")
+    views, labels = pool()
+    batch = [v[:BATCH] for v in views]
+    with torch.no_grad():
+        with_labels = method(batch, labels=labels[:BATCH]).loss
+        own_class = method(batch, labels=torch.arange(BATCH)).loss
+    # Same embeddings, more positives per anchor: a different (harder to satisfy) objective.
+    assert not torch.isclose(with_labels, own_class)
+
+
+def test_adco_negatives_have_their_own_constant_lr_and_no_lars():
+    method = tiny("adco")
+    groups = method.param_groups()
+    negatives = [g for g in groups if g["name"] == "negatives"]
+    assert len(negatives) == 1 and negatives[0]["params"] == [method.negatives]
+    assert negatives[0]["lr"] == method.cfg["head"]["negatives_lr"]
+    assert negatives[0]["fixed_lr"] and negatives[0]["lars_exclude"]
+    assert sum(any(p is method.negatives for p in g["params"]) for g in groups) == 1
+    optimizer = build_optimizer(groups, method.cfg["optim"], batch_size=1024)
+    (group,) = [g for g in optimizer.param_groups if g["name"] == "negatives"]
+    assert group["lr"] == method.cfg["head"]["negatives_lr"]  # not scaled with the batch size
+
+
+def test_adco_starts_its_negatives_from_the_first_keys():
+    method = tiny("adco")
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
+    views, labels = pool()
+    for step, start in enumerate((0, BATCH)):
+        idx = torch.arange(start, start + BATCH)
+        out = train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, step)
+        assert torch.equal(method.negatives.detach()[start : start + BATCH], out.embeddings[1])
+    assert int(method.filled) == 32 and not method._filling
+
+
+def test_adco_step_moves_negatives_up_the_loss_and_the_encoder_down():
+    method = tiny("adco", negatives_lr=0.5)
+    views, labels = pool()
+    fill = torch.optim.SGD(method.param_groups(), lr=0.0)
+    for step, start in enumerate((0, BATCH)):  # fill the 32 negatives with keys (no training: lr 0)
+        idx = torch.arange(start, start + BATCH)
+        train_step(method, fill, [v[idx] for v in views], labels[idx], idx, step)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.05)
+    t_pos, t_neg = method.cfg["loss"]["t_pos"], method.cfg["loss"]["t_neg"]
+    batch = [v[2 * BATCH : 3 * BATCH] for v in views]
+    negatives_before = method.negatives.detach().clone()
+    out = method(batch)
+    q_before, k = (e.detach() for e in out.embeddings)
+    optimizer.zero_grad()
+    out.loss.backward()
+    method.on_after_backward(2)
+    optimizer.step()
+    negatives_after = method.negatives.detach()
+    assert not torch.equal(negatives_after, negatives_before)
+    # The negatives' objective L(t_neg) at the same queries and keys went up ...
+    adversary_before = info_nce(q_before, k, negatives_before, temperature=t_neg)
+    adversary_after = info_nce(q_before, k, negatives_after, temperature=t_neg)
+    assert adversary_after > adversary_before
+    # ... while the encoder's L(t_pos) against the same negatives went down.
+    with torch.no_grad():
+        q_after = method(batch).embeddings[0]
+    assert info_nce(q_after, k, negatives_before, temperature=t_pos) < info_nce(q_before, k, negatives_before, temperature=t_pos)
