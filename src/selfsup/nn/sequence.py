@@ -66,9 +66,12 @@ class ConvGRU(nn.Module):
         c, _ = self.gru(z)
         return c
 
-    def forward(self, x: Tensor) -> Tensor:
-        c = self.contexts(self.latents(x))
+    def pool_contexts(self, c: Tensor) -> Tensor:
+        """The representation ``[B, context_dim]`` from the contexts: their mean over time or the last one."""
         return c.mean(dim=1) if self.pool == "mean" else c[:, -1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool_contexts(self.contexts(self.latents(x)))
 
 
 class StepLayerNorm(nn.LayerNorm):
