@@ -130,7 +130,7 @@ def vicreg(
         return sim * invariance + var * variance_term + cov * covariance_term
 
 
-def whiten(x: Tensor, shrinkage: float = 1e-4) -> Tensor:
+def whiten(x: Tensor, shrinkage: float = 1e-5) -> Tensor:
     """W-MSE's whitening (Ermolov et al. 2021, Sec. 3.1) of a batch x [..., N, D] along N.
 
         Sigma = (x - mean)^T (x - mean) / (N - 1)
@@ -164,7 +164,7 @@ def wmse(
     z2: Tensor,
     w_size: int = 128,
     w_iter: int = 1,
-    shrinkage: float = 1e-4,
+    shrinkage: float = 1e-5,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """W-MSE (Ermolov et al. 2021, Sec. 3 and Algorithm 1): MSE of L2-normalised whitened views.
