@@ -13,6 +13,10 @@ from selfsup import distributed
 __all__ = ["sinkhorn_knopp", "swav", "deepcluster_v2"]
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 @torch.no_grad()
 def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iters: int = 3, gather: bool = False) -> Tensor:
     """SwAV's codes: an approximately equipartitioned soft assignment of B samples to K prototypes.
@@ -69,7 +73,7 @@ def swav(
     """
     crops = [scores1, scores2, *small_crop_scores]
     batch = scores1.shape[0]
-    total = scores1.new_zeros((), dtype=torch.float32)
+    per_code = []
     for i in (0, 1):
         problem = crops[i].detach()
         if queue_scores is not None:
@@ -77,10 +81,11 @@ def swav(
         codes = sinkhorn_knopp(problem, epsilon, sinkhorn_iters, gather)[-batch:]
         predictors = [scores for v, scores in enumerate(crops) if v != i]
         cross_entropies = [
-            -(codes * F.log_softmax(scores.float() / temperature, dim=1)).sum(dim=1).mean() for scores in predictors
+            -(codes * F.log_softmax(_at_least_float32(scores) / temperature, dim=1)).sum(dim=1).mean()
+            for scores in predictors
         ]
-        total = total + torch.stack(cross_entropies).mean()
-    return total / 2
+        per_code.append(torch.stack(cross_entropies).mean())
+    return (per_code[0] + per_code[1]) / 2
 
 
 def deepcluster_v2(scores: Sequence[Tensor], assignments: Sequence[Tensor], temperature: float = 0.1) -> Tensor:
@@ -101,6 +106,6 @@ def deepcluster_v2(scores: Sequence[Tensor], assignments: Sequence[Tensor], temp
     for head_scores, head_assignments in zip(scores, assignments):
         known = head_assignments >= 0
         targets = torch.where(known, head_assignments, torch.full_like(head_assignments, -100))
-        summed = F.cross_entropy(head_scores.float() / temperature, targets, ignore_index=-100, reduction="sum")
+        summed = F.cross_entropy(_at_least_float32(head_scores) / temperature, targets, ignore_index=-100, reduction="sum")
         losses.append(summed / known.sum().clamp_min(1))
     return torch.stack(losses).mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -16,6 +17,7 @@ def negative_cosine(p: Tensor, z: Tensor) -> Tensor:
     The gradient reaches ``p`` only: ``z`` is detached (the stop-gradient). Computed in
     float32 for bf16 inputs; a zero vector has cosine 0 with everything.
     """
-    p = F.normalize(p.float(), dim=-1)
-    z = F.normalize(z.detach().float(), dim=-1)
+    dtype = torch.promote_types(p.dtype, torch.float32)
+    p = F.normalize(p.to(dtype), dim=-1)
+    z = F.normalize(z.detach().to(dtype), dim=-1)
     return -(p * z).sum(dim=-1).mean()
