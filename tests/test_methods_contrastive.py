@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import copy
+import datetime
+import socket
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from selfsup import methods
 from selfsup.losses import info_nce
 from selfsup.methods.base import RunInfo
 from selfsup.methods.moco import shuffle_across_ranks, unshuffle_across_ranks
+from selfsup.nn.memory import MemoryBank, Queue
 from selfsup.nn.resnet import resnet18
 from selfsup.train.config import build_config
 from selfsup.train.optim import build_optimizer
@@ -245,3 +251,43 @@ def test_adco_step_moves_negatives_up_the_loss_and_the_encoder_down():
     with torch.no_grad():
         q_after = method(batch).embeddings[0]
     assert info_nce(q_after, k, negatives_before, temperature=t_pos) < info_nce(q_before, k, negatives_before, temperature=t_pos)
+
+
+def _two_rank_worker(rank: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    torch.manual_seed(rank)  # different local RNG on each rank, as in a real run
+    x = torch.arange(8 * 3, dtype=torch.float32).view(8, 3)[rank * 4 : (rank + 1) * 4]
+    shuffled, permutation = shuffle_across_ranks(x)
+    restored = unshuffle_across_ranks(shuffled * 2 + 1, permutation)
+    queue = Queue(size=6, dim=3, random_init=False)
+    queue.enqueue(x[:2])
+    bank = MemoryBank(num_samples=8, dim=3)
+    bank.update(torch.tensor([rank, 4 + rank]), x[:2], momentum=0.0)
+    torch.save(
+        {"x": x, "shuffled": shuffled, "permutation": permutation, "restored": restored,
+         "queue": queue.oldest_first(), "bank": bank.vectors},
+        Path(folder) / f"rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def test_shuffled_batch_norm_and_memories_across_two_gloo_processes(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    everyone = torch.cat([r0["x"], r1["x"]])
+    assert torch.equal(r0["permutation"], r1["permutation"])  # one permutation, broadcast from rank 0
+    permuted = everyone[r0["permutation"]]
+    assert torch.equal(torch.cat([r0["shuffled"], r1["shuffled"]]), permuted)
+    assert torch.equal(r0["restored"], r0["x"] * 2 + 1) and torch.equal(r1["restored"], r1["x"] * 2 + 1)
+    # Both ranks enqueue the same gathered keys and write the same bank rows.
+    assert torch.equal(r0["queue"], torch.cat([r0["x"][:2], r1["x"][:2]])) and torch.equal(r0["queue"], r1["queue"])
+    written = [0, 4, 1, 5]  # rank 0 wrote rows 0 and 4, rank 1 rows 1 and 5; every rank holds all four
+    expected = F.normalize(torch.cat([r0["x"][:2], r1["x"][:2]]), dim=1)
+    assert torch.allclose(r0["bank"][written], expected) and torch.allclose(r1["bank"][written], expected)

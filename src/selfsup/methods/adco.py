@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.losses import adco
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.methods.moco import shuffle_across_ranks, unshuffle_across_ranks
+from selfsup.methods.moco import needs_shuffled_bn, shuffle_across_ranks, unshuffle_across_ranks
 from selfsup.nn.heads import mlp
 from selfsup.nn.momentum import ema_update, momentum_copy
 
@@ -47,6 +47,7 @@ class AdCo(Method):
         self.momentum = head["momentum"]
         self.shuffle_bn = head.get("shuffle_bn", True)
         self._keys: Tensor | None = None
+        self._shuffle: bool | None = None  # decided at the first step, once the trainer has set up DDP
         self._filling = True  # cached ``filled < num_negatives``, so no step reads the device
         self.register_load_state_dict_post_hook(self._sync_filling)
 
@@ -61,7 +62,9 @@ class AdCo(Method):
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
         """Keys of the momentum encoder, with the batch shuffled across ranks under DDP."""
-        shuffle = self.shuffle_bn and distributed.is_distributed()
+        if self._shuffle is None:
+            self._shuffle = self.shuffle_bn and needs_shuffled_bn(self.key_encoder)
+        shuffle = self._shuffle
         if shuffle:
             x, permutation = shuffle_across_ranks(x)
         k = F.normalize(self.key_projector(self.key_encoder(x)), dim=1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from selfsup import distributed
 from selfsup.losses import info_nce
@@ -22,6 +22,7 @@ from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.nn.heads import mlp
 from selfsup.nn.memory import Queue
 from selfsup.nn.momentum import ema_update, momentum_copy
+from selfsup.nn.sync_bn import GlobalBatchNorm
 
 
 @torch.no_grad()
@@ -47,6 +48,13 @@ def _own_slice(order: Tensor) -> Tensor:
     return order.view(distributed.world_size(), -1)[distributed.rank()]
 
 
+def needs_shuffled_bn(key_encoder: nn.Module) -> bool:
+    """Shuffle only under DDP, and only if the key encoder's BatchNorm is per rank (not synchronised)."""
+    if not distributed.is_distributed():
+        return False
+    return not any(isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm)) for m in key_encoder.modules())
+
+
 class MoCo(Method):
     name = "moco"
     family = "contrastive"
@@ -66,6 +74,7 @@ class MoCo(Method):
         self.momentum = head["momentum"]
         self.shuffle_bn = head.get("shuffle_bn", True)
         self._keys: Tensor | None = None
+        self._shuffle: bool | None = None  # decided at the first step, once the trainer has set up DDP
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
         h = self.encoder(views[0])
@@ -79,7 +88,9 @@ class MoCo(Method):
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
         """Keys of the momentum encoder, with the batch shuffled across ranks under DDP."""
-        shuffle = self.shuffle_bn and distributed.is_distributed()
+        if self._shuffle is None:
+            self._shuffle = self.shuffle_bn and needs_shuffled_bn(self.key_encoder)
+        shuffle = self._shuffle
         if shuffle:
             x, permutation = shuffle_across_ranks(x)
         k = F.normalize(self.key_projector(self.key_encoder(x)), dim=1)
