@@ -1,0 +1,144 @@
+"""CPC learns on GunPoint (linear probe beats the raw series and the random-init encoder); DIM trains."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from selfsup.data.sequence_views import build_sequence_views, normalize
+from selfsup.data.sequences import load_ucr
+from selfsup.losses import cpc, deep_infomax
+from selfsup.methods import preset
+from selfsup.methods.base import RunInfo
+from selfsup.methods.cpc import CPC
+from selfsup.methods.dim import DeepInfoMax
+from selfsup.nn.resnet import resnet18
+from selfsup.nn.sequence import conv_gru
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is fastest, and avoids oversubscribing shared CI cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return classifier.fit(train_x, train_y).score(test_x, test_y)
+
+
+@torch.no_grad()
+def _features(encoder: torch.nn.Module, data) -> np.ndarray:
+    encoder.eval()
+    return encoder(normalize(data.data, data.mean, data.std)).numpy()
+
+
+def _cpc(encoder, train, steps=4, epochs=1) -> CPC:
+    info = RunInfo(encoder.out_dim, len(train), train.num_classes, 2, epochs, train.channels, train.input_size)
+    return CPC(encoder, {"head": {"prediction_steps": steps}, "loss": {}}, info)
+
+
+def test_cpc_on_gunpoint_beats_raw_series_and_random_init():
+    torch.manual_seed(0)
+    train, test = load_ucr("GunPoint", "train"), load_ucr("GunPoint", "test")
+    encoder = conv_gru(1, width=64, context_dim=64, strides=[2, 2, 2], kernels=[4, 4, 4], input_size=150)
+    random_init = copy.deepcopy(encoder)
+    method = _cpc(encoder, train)
+    views = build_sequence_views({"preset": "sequence_cpc"}, 1, 150, train.mean, train.std)
+    optimizer = torch.optim.Adam(method.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(30):
+        for batch in torch.randperm(len(train)).view(2, 25):
+            out = method(views(train.data[batch]))
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+            losses.append(out.loss.item())
+    labels = train.labels.numpy(), test.labels.numpy()
+    learned = _probe_accuracy(_features(encoder, train), labels[0], _features(encoder, test), labels[1])
+    untrained = _probe_accuracy(_features(random_init, train), labels[0], _features(random_init, test), labels[1])
+    raw = _probe_accuracy(train.data.flatten(1).numpy(), labels[0], test.data.flatten(1).numpy(), labels[1])
+    assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 1.0
+    assert learned > raw + 0.05, (learned, raw)
+    assert learned > untrained, (learned, untrained)
+
+
+def test_cpc_step_output_and_loss_wiring():
+    torch.manual_seed(0)
+    train = load_ucr("GunPoint", "train")
+    encoder = conv_gru(1, width=16, context_dim=8, strides=[2, 2, 2], kernels=[4, 4, 4])
+    method = _cpc(encoder, train, steps=3)
+    x = torch.randn(6, 1, 150)
+    out = method([x])
+    z = encoder.latents(x)
+    c = encoder.contexts(z)
+    assert torch.allclose(out.loss, cpc(c, z, method.predictors))
+    assert out.features.shape == (6, 8) and torch.allclose(out.features, encoder(x))
+    assert out.embeddings[0].shape == out.embeddings[1].shape == (6, 16)
+    out.loss.backward()
+    assert all(p.grad is not None for p in method.predictors.parameters())
+    with pytest.raises(ValueError, match="head.prediction_steps below 18"):
+        _cpc(conv_gru(1, width=16, context_dim=8, strides=[2, 2, 2], kernels=[4, 4, 4]), train, steps=18)
+
+
+def test_cpc_sequence_preset_builds_a_working_encoder():
+    from selfsup.nn.backbones import build_backbone
+
+    section = preset("cpc")["sequence"]
+    encoder = build_backbone(section["backbone"], in_channels=1, input_size=150)
+    assert encoder.latents(torch.zeros(2, 1, 150)).shape[1] > section["head"]["prediction_steps"]
+    assert section["views"]["preset"] == "sequence_cpc"
+
+
+def _tiny_images(n=32, size=16) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    images = torch.tensor(load_digits().images[:n], dtype=torch.float32)[:, None] / 16.0
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def test_dim_forward_backward_and_loss_decreases():
+    torch.manual_seed(0)
+    x = _tiny_images()
+    encoder = resnet18(width=4, in_channels=1)
+    info = RunInfo(encoder.out_dim, len(x), 10, 1, 1, 1, 16)
+    method = DeepInfoMax(encoder, {"head": {"mi_units": 16}, "loss": {"estimator": "jsd"}}, info)
+    views = [x, x.flip(3)]
+    out = method(views)
+    local, features = method._represent(x)
+    expected = deep_infomax(method.local_encoder(local), method.global_encoder(features), estimator="jsd")
+    assert local.shape == (32, encoder.out_dim, 2, 2) and torch.allclose(features, encoder(x), atol=1e-5)
+    assert out.features.shape == (32, encoder.out_dim) and out.embeddings[0].shape == (32, 16)
+    assert torch.isfinite(out.loss) and out.loss.item() == pytest.approx(
+        (expected.item() + deep_infomax(*_encoded(method, x.flip(3))).item()) / 2, rel=1e-4
+    )
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        loss = method(views).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert encoder.stem[0].weight.grad.abs().sum() > 0
+    assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
+
+
+def _encoded(method: DeepInfoMax, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    local, features = method._represent(x)
+    return method.local_encoder(local), method.global_encoder(features)
+
+
+def test_dim_rejects_an_encoder_without_feature_map():
+    info = RunInfo(8, 4, 0, 1, 1, 1, 16)
+    with pytest.raises(ValueError, match="forward_features"):
+        DeepInfoMax(torch.nn.Linear(4, 8), {"head": {"mi_units": 8}, "loss": {}}, info)
