@@ -1,19 +1,63 @@
 """Datasets (uint8 tensors or files) and batched views on the device.
 
-``load_dataset(spec, root, split)`` turns a data SPEC (DESIGN.md) into an ``ArrayDataset``.
+``load_dataset(spec, root, split)`` turns a data SPEC (DESIGN.md) into an ``ArrayDataset``:
+``digits``, ``cifar10``, ``cifar100``, ``stl10``, ``folder:PATH``, ``ucr:NAME``, ``wav:DIR``.
+Splits: 'pretrain' (what self-supervised training uses: train, and for STL-10 train + unlabeled),
+'train' (labelled training set, for kNN and the linear probe) and 'test'.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from selfsup.data.base import ArrayDataset
+from selfsup.data.cache import default_root
 
-__all__ = ["ArrayDataset", "load_dataset"]
+__all__ = ["ArrayDataset", "load_dataset", "default_root", "SPLITS"]
+
+SPLITS = ("pretrain", "train", "test")
+SPECS = "digits, cifar10, cifar100, stl10, folder:PATH, ucr:NAME or wav:DIR"
 
 
-def load_dataset(spec: str, root: str | None = None, split: str = "train") -> ArrayDataset:
-    """Load a split ('train', 'test', and for STL-10 'unlabeled' / 'train+unlabeled') of a data SPEC."""
+def load_dataset(
+    spec: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    image_size: int | None = None,
+    on_error: str = "stop",
+    progress: bool = True,
+) -> ArrayDataset:
+    """Load one split of a data SPEC; named datasets are found in (or downloaded to) ``root``.
+
+    image_size: side images of a ``folder:`` source are resized to (default: the first image's).
+    on_error: 'stop' on the first unreadable image file, or 'skip' it and report the count.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    root = Path(root).expanduser() if root else default_root()
+    kind, _, arg = spec.partition(":")
     if spec == "digits":
         from selfsup.data.digits import load_digits
 
-        return load_digits(split)
-    raise ValueError(f"unknown dataset '{spec}'; use digits, cifar10, cifar100, stl10 or folder:PATH")
+        return load_digits("test" if split == "test" else "train")
+    if spec in ("cifar10", "cifar100"):
+        from selfsup.data.cifar import load_cifar
+
+        return load_cifar(spec, root, split, on_error=on_error, progress=progress)
+    if spec == "stl10":
+        from selfsup.data.stl10 import load_stl10
+
+        return load_stl10(root, split, progress=progress)
+    if kind == "folder" and arg:
+        from selfsup.data.folder import load_image_folder
+
+        return load_image_folder(arg, split, image_size=image_size, on_error=on_error, root=root, progress=progress)
+    if kind == "ucr" and arg:
+        from selfsup.data.sequences import load_ucr
+
+        return load_ucr(arg, "train" if split == "pretrain" else split, root)
+    if kind == "wav" and arg:
+        from selfsup.data.sequences import load_wav_folder
+
+        return load_wav_folder(arg, "train" if split == "pretrain" else split)
+    raise ValueError(f"unknown dataset '{spec}'; use {SPECS}")

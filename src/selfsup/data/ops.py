@@ -167,9 +167,21 @@ def blur_kernel_size(image_size: int, fraction: float = 0.1) -> int:
     return size if size % 2 == 1 else size + 1
 
 
+def _reflect_blur_matrix(weights: Tensor, length: int) -> Tensor:
+    """[B, L, L] matrices M with (x @ M)[j] = sum_t weights[t] x[reflect(j + t - K // 2)] along one axis."""
+    half = weights.shape[1] // 2
+    source = torch.arange(length, device=weights.device)[:, None] + torch.arange(-half, half + 1, device=weights.device)
+    source = source.abs()
+    source = torch.where(source >= length, 2 * (length - 1) - source, source)  # reflect padding, as F.pad
+    one_hot = F.one_hot(source, length).to(weights.dtype)  # [L_out, K, L_in]
+    return torch.einsum("bt,jti->bij", weights, one_hot)
+
+
 def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     """Separable Gaussian blur, ``sigma`` [B] per sample, reflect padding (torchvision's GaussianBlur).
 
+    Each axis is one batched matrix product with a banded matrix that holds the sample's kernel and
+    the padding, which is far faster than a grouped convolution with one group per image.
     A sigma near 0 gives a delta kernel, i.e. the identity, so unblurred samples need no separate path.
     """
     n, c, height, width = images.shape
@@ -178,11 +190,10 @@ def gaussian_blur(images: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
         raise ValueError(f"blur kernel {kernel_size} is too large for {height}x{width} images: lower blur_kernel")
     t = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
     weights = torch.exp(-(t**2)[None, :] / (2 * sigma.to(images.dtype)[:, None] ** 2))
-    weights = (weights / weights.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
-    x = F.pad(images.reshape(1, n * c, height, width), (half, half, half, half), mode="reflect")
-    x = F.conv2d(x, weights.view(n * c, 1, 1, kernel_size), groups=n * c)
-    x = F.conv2d(x, weights.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return x.view(n, c, height, width)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    along_x = _reflect_blur_matrix(weights, width)[:, None]
+    along_y = along_x if height == width else _reflect_blur_matrix(weights, height)[:, None]
+    return along_y.transpose(-1, -2) @ (images @ along_x)
 
 
 def solarize(images: Tensor, mask: Tensor) -> Tensor:

@@ -48,8 +48,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "byol_cifar": {**BYOL_JITTER, "gray_p": 0.2, "solarize_p": [0.0, 0.2]},
     # SwAV (Caron et al. 2020) Sec. 4 / Appendix A: 2 x 224 crops (0.14, 1) + 6 x 96 crops (0.05, 0.14),
     # SimCLR colour (strength 1.0) and blur on every crop.
+    # Small crops are 96/224 of the global side (96 px at 224).
     "swav": {"scale": (0.14, 1.0), **_strength(1.0), "gray_p": 0.2, "blur_p": 0.5,
-             "small_crops": 6, "small_size": 96, "small_scale": (0.05, 0.14)},
+             "small_crops": 6, "small_scale": (0.05, 0.14)},
     # The same crop geometry scaled to 32 px (96/224 of the side -> 16 px), CIFAR colour strength, no blur.
     "swav_cifar": {"scale": (0.14, 1.0), **_strength(0.5), "gray_p": 0.2,
                    "small_crops": 6, "small_size": 16, "small_scale": (0.05, 0.14)},
@@ -197,9 +198,9 @@ def build_views(cfg_views: dict[str, Any], channels: int, image_size: int, mean:
     settings = resolve(cfg_views)
     num_views = int(settings.pop("num_views", 2))
     small_crops = int(settings.pop("small_crops", 0))
-    small_size = int(settings.pop("small_size", max(1, round(image_size * 96 / 224))))
     small_scale = tuple(settings.pop("small_scale", (0.05, 0.14)))
     settings.setdefault("size", image_size)
+    small_size = int(settings.pop("small_size", max(1, round(settings["size"] * 96 / 224))))
     if channels != 3:
         colour = [k for k in COLOUR_KEYS if any(_per_view(k, settings.get(k, 0), num_views))]
         if colour:

@@ -1,0 +1,101 @@
+"""Our batched views vs kornia's equivalent pipeline on the same uint8 batch and device.
+
+    .venv/bin/python benchmarks/views.py [--preset simclr_cifar] [--batch 512] [--size 32] [--device cpu] [--repeats 20]
+
+Both sides start from the same uint8 [B, 3, S, S] batch (real CIFAR-10 images when the shared
+tarball is there) and return two normalised float views. Runs alternate between the two so that
+load from other processes hits both alike; the median of each is reported, with the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup.data.views import build_views, resolve
+
+CIFAR_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "train.tar.gz"
+MEAN, STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
+
+
+def kornia_pipeline(preset: str, size: int):
+    """kornia.augmentation with the preset's parameters (crop, flip, jitter, grayscale, blur, solarize)."""
+    import kornia.augmentation as K
+
+    s = resolve({"preset": preset})
+    first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731  (first view of asymmetric presets)
+    steps = [
+        K.RandomResizedCrop((size, size), scale=s.get("scale", (0.08, 1.0))),
+        K.RandomHorizontalFlip(p=s.get("flip_p", 0.5)),
+        K.ColorJitter(s["brightness"], s["contrast"], s["saturation"], s["hue"], p=s.get("jitter_p", 0.8)),
+        K.RandomGrayscale(p=s["gray_p"]),
+    ]
+    if first(s.get("blur_p", 0)) > 0:
+        kernel = max(3, round(size * 0.1)) | 1
+        steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=first(s["blur_p"])))
+    steps.append(K.Normalize(torch.tensor(MEAN), torch.tensor(STD)))
+    pipeline = torch.nn.Sequential(*steps)
+
+    def make(batch: torch.Tensor) -> list[torch.Tensor]:
+        x = batch.float() / 255.0
+        return [pipeline(x), pipeline(x)]
+
+    return make
+
+
+def load_batch(batch: int, size: int) -> torch.Tensor:
+    if CIFAR_TRAIN.exists() and size == 32:
+        from selfsup.data.folder import load_image_folder
+
+        data = load_image_folder(CIFAR_TRAIN, image_size=32, limit=batch).data
+        if len(data) >= batch:
+            return data[:batch]
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+
+
+def time_once(fn, batch: torch.Tensor) -> float:
+    if batch.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(batch)
+    if batch.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="simclr_cifar")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = load_batch(args.batch, args.size).to(args.device)
+    ours = build_views({"preset": args.preset}, 3, args.size, MEAN, STD)
+    theirs = kornia_pipeline(args.preset, args.size)
+    for fn in (ours, theirs):  # warm-up
+        fn(batch)
+    times: dict[str, list[float]] = {"selfsup": [], "kornia": []}
+    for _ in range(args.repeats):
+        times["selfsup"].append(time_once(ours, batch))
+        times["kornia"].append(time_once(theirs, batch))
+    per_s = {name: args.batch / statistics.median(t) for name, t in times.items()}
+    print(
+        f"preset={args.preset} batch={args.batch}x3x{args.size}x{args.size} device={args.device} "
+        f"threads={torch.get_num_threads()} views=2"
+    )
+    for name, rate in per_s.items():
+        print(f"  {name:8s} {rate:10.0f} images/s  (median of {args.repeats}, {1000 * args.batch / rate:.1f} ms/batch)")
+    print(f"  ratio selfsup/kornia = {per_s['selfsup'] / per_s['kornia']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""ImageFolder sources: ``root/[split/]class/image`` as a directory, a .tar(.gz), or a directory of split archives.
+
+Images are decoded with Pillow, converted to RGB, resized (shorter side) and centre-cropped to a square
+of ``image_size`` (default: the first image's shorter side), and cached as uint8 (``selfsup.data.cache``).
+Split folders are ``train`` and ``test`` (or ``val``). A source with one split only holds out every
+``HOLDOUT``-th image (in path order) as its test split.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tarfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from selfsup.data.base import ArrayDataset
+from selfsup.data.cache import cached, default_root, source_key
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+SPLIT_DIRS = {"pretrain": ("train",), "train": ("train",), "test": ("test", "val")}
+HOLDOUT = 10
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def split_source(path: Path, split: str) -> Path:
+    """The file or folder that holds ``split``: ``path`` itself, or its ``<split>.tar.gz`` sibling archive."""
+    if not path.exists():
+        raise FileNotFoundError(f"data path {path} does not exist")
+    if path.is_dir():
+        for name in SPLIT_DIRS[split]:
+            for suffix in ARCHIVE_SUFFIXES:
+                if (path / f"{name}{suffix}").is_file():
+                    return path / f"{name}{suffix}"
+    return path
+
+
+def _split_and_class(parts: tuple[str, ...]) -> tuple[str | None, str]:
+    split = parts[-3] if len(parts) >= 3 and parts[-3] in {"train", "test", "val"} else None
+    return split, parts[-2] if len(parts) >= 2 else ""
+
+
+def _list_images(source: Path) -> list[tuple[str, Callable[[], bytes]]]:
+    """(relative POSIX path, reader of its bytes) for every image file, in path order."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        return [(p.relative_to(source).as_posix(), p.read_bytes) for p in files]
+    if not is_archive(source):
+        raise ValueError(f"{source} is neither a folder nor a .tar/.tar.gz archive of images")
+    contents = {}
+    try:
+        with tarfile.open(source, "r:*") as archive:
+            for member in archive:  # one sequential pass: a gzip stream cannot seek back cheaply
+                if member.isfile() and PurePosixPath(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                    contents[member.name] = archive.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        raise ValueError(f"{source} is truncated or not a valid tar archive ({err}); download or copy it again") from None
+    return [(name, lambda data=contents[name]: data) for name in sorted(contents)]
+
+
+def _select(entries: list[tuple[str, Callable[[], bytes]]], split: str, source: Path):
+    """The entries of ``split`` and the sorted class names of the whole source."""
+    keyed = [(PurePosixPath(name).parts, name, read) for name, read in entries]
+    classes = sorted({_split_and_class(parts)[1] for parts, _, _ in keyed})
+    splits = {_split_and_class(parts)[0] for parts, _, _ in keyed}
+    wanted = set(SPLIT_DIRS[split])
+    if splits & wanted:
+        chosen = [(name, read) for parts, name, read in keyed if _split_and_class(parts)[0] in wanted]
+    elif len(splits) == 1:
+        held_out = split == "test"
+        chosen = [(name, read) for i, (_, name, read) in enumerate(keyed) if (i % HOLDOUT == HOLDOUT - 1) == held_out]
+    else:
+        raise ValueError(f"{source} has splits {sorted(s for s in splits if s)} but no '{split}' split")
+    return chosen, classes
+
+
+def _decode(data: bytes, size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        if size is not None and image.size != (size, size):
+            scale = size / min(image.size)
+            resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+            image = image.resize(resized, Image.BICUBIC)
+            left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
+            image = image.crop((left, top, left + size, top + size))
+        return np.asarray(image)
+
+
+def _decode_all(
+    chosen, classes: list[str], image_size: int | None, on_error: str, progress: bool, source: Path
+) -> tuple[np.ndarray, np.ndarray, int]:
+    images, labels, skipped, first_bad = [], [], 0, None
+    index = {name: i for i, name in enumerate(classes)}
+    bar = tqdm(chosen, desc=f"decoding {source.name}", unit="img", disable=not progress, mininterval=1.0)
+    for name, read in bar:
+        try:
+            array = _decode(read(), image_size)
+        except (OSError, ValueError, SyntaxError) as err:
+            if on_error == "stop":
+                raise ValueError(f"cannot read image {name} in {source} ({err}); remove it or use on_error='skip'") from None
+            skipped, first_bad = skipped + 1, first_bad or name
+            continue
+        if image_size is None:
+            image_size = min(array.shape[:2])
+            if array.shape[0] != array.shape[1]:
+                array = _decode(read(), image_size)
+        images.append(array)
+        labels.append(index[_split_and_class(PurePosixPath(name).parts)[1]])
+    if skipped:
+        print(f"skipped {skipped} unreadable image(s) in {source} (first: {first_bad})", file=sys.stderr)
+    if not images:
+        raise ValueError(f"no readable images in {source}: expected [split/]class/image files")
+    data = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+    return data, np.asarray(labels, dtype=np.int64), skipped
+
+
+def load_image_folder(
+    path: str | Path,
+    split: str = "train",
+    image_size: int | None = None,
+    on_error: str = "stop",
+    root: str | Path | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    name: str | None = None,
+) -> ArrayDataset:
+    """An ImageFolder split as uint8 [N, 3, S, S]; decoded once, then read from the cache in ``root``.
+
+    on_error: 'stop' raises on the first unreadable image (naming it); 'skip' leaves it out and
+    reports how many were skipped. ``limit`` decodes only that many images, evenly spread over the
+    split (no cache; for tests and benchmarks).
+    """
+    if split not in SPLIT_DIRS:
+        raise ValueError(f"unknown split '{split}'; use one of {', '.join(SPLIT_DIRS)}")
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', not '{on_error}'")
+    source = split_source(Path(path).expanduser(), split)
+    name = name or source.name.split(".")[0]
+
+    def build():
+        entries = _list_images(source)
+        if not entries:
+            raise ValueError(f"no images found in {source}: expected [split/]class/image files (.jpg, .png, ...)")
+        chosen, classes = _select(entries, split, source)
+        chosen = chosen[:: max(1, len(chosen) // limit)][:limit] if limit else chosen
+        data, labels, skipped = _decode_all(chosen, classes, image_size, on_error, progress, source)
+        mean, std = channel_stats(data)
+        return {"data": data, "labels": labels}, {"classes": classes, "mean": mean, "std": std, "skipped": skipped}
+
+    if limit:
+        arrays, meta = build()
+    else:
+        key = {"source": str(source.resolve()), "content": source_key(source), "split": split,
+               "image_size": image_size, "on_error": on_error}
+        arrays, meta = cached(Path(root) if root else default_root(), f"folder-{name}-{split}", key, build)
+    return ArrayDataset(
+        data=torch.from_numpy(arrays["data"]),
+        labels=torch.from_numpy(arrays["labels"]),
+        classes=list(meta["classes"]),
+        name=name,
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+    )
+
+
+def channel_stats(data: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of uint8 [N, C, H, W], in chunks to bound memory."""
+    channels = data.shape[1]
+    sums, squares = np.zeros(channels), np.zeros(channels)
+    for start in range(0, len(data), 4096):
+        chunk = data[start : start + 4096].astype(np.float64)
+        sums += chunk.sum(axis=(0, 2, 3))
+        squares += (chunk**2).sum(axis=(0, 2, 3))
+    count = data.shape[0] * data.shape[2] * data.shape[3]
+    mean = sums / count
+    return (mean / 255.0).tolist(), (np.sqrt(np.maximum(squares / count - mean**2, 0.0)) / 255.0).tolist()
