@@ -20,6 +20,11 @@ from selfsup.data.folder import HOLDOUT
 CLASSES = ["cat", "dog", "frog"]
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFSUP_CACHE", str(tmp_path / "decoded"))
+
+
 def fake_cifar(folder: Path, name: str = "cifar10", per_file: int = 4) -> dict[str, np.ndarray]:
     """A python-format CIFAR folder with random pixels; returns the train/test arrays it holds."""
     rng = np.random.default_rng(0)
@@ -79,7 +84,7 @@ def test_cifar_python_folder_and_its_tar_gz_give_the_same_splits(tmp_path):
     make_tar(tmp_path / "a" / "cifar-10-batches-py", tmp_path / "b" / "cifar-10-python.tar.gz", "cifar-10-batches-py")
     from_tar = load_dataset("cifar10", tmp_path / "b", "test", progress=False)
     np.testing.assert_array_equal(from_tar.data.numpy(), expected["test"])
-    assert list((tmp_path / "b" / "cache").glob("cifar10-test-*/data.npy"))
+    assert list((tmp_path / "decoded").glob("cifar10-test-*/data.npy"))
 
 
 def test_cifar100_fine_labels(tmp_path):

@@ -51,7 +51,7 @@ def load_dataset(
     if kind == "folder" and arg:
         from selfsup.data.folder import load_image_folder
 
-        return load_image_folder(arg, split, image_size=image_size, on_error=on_error, root=root, progress=progress)
+        return load_image_folder(arg, split, image_size=image_size, on_error=on_error, progress=progress)
     if kind == "ucr" and arg:
         from selfsup.data.sequences import load_ucr
 

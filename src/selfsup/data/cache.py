@@ -23,8 +23,13 @@ EDGE_BYTES = 1 << 20
 
 
 def default_root() -> Path:
-    """Where datasets are downloaded and cached unless ``--data-dir`` says otherwise."""
+    """Where named datasets are found and downloaded unless ``--data-dir`` says otherwise."""
     return Path(os.environ.get("SELFSUP_DATA", Path.home() / ".cache" / "selfsup")).expanduser()
+
+
+def cache_dir() -> Path:
+    """Where decoded splits are kept ($SELFSUP_CACHE): never inside a data folder, which may be read-only or shared."""
+    return Path(os.environ.get("SELFSUP_CACHE", Path.home() / ".cache" / "selfsup" / "decoded")).expanduser()
 
 
 def source_key(path: Path) -> str:
@@ -47,14 +52,14 @@ def source_key(path: Path) -> str:
 
 
 def cached(
-    root: Path, name: str, key: dict[str, Any], build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
+    name: str, key: dict[str, Any], build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and metadata of ``build()``, computed once per ``key`` and memory-mapped afterwards.
 
     ``build`` returns ({array name: ndarray}, JSON-serialisable metadata).
     """
     digest = hashlib.sha256(json.dumps({**key, "version": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
-    entry = Path(root) / "cache" / f"{name}-{digest}"
+    entry = cache_dir() / f"{name}-{digest}"
     meta_file = entry / "meta.json"
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())

@@ -77,7 +77,7 @@ def _assemble(read, fmt: CifarFormat, split: str) -> tuple[dict[str, np.ndarray]
     return {"data": data, "labels": labels}, {"classes": classes}
 
 
-def _from_archive(archive: Path, fmt: CifarFormat, split: str, root: Path, name: str):
+def _from_archive(archive: Path, fmt: CifarFormat, split: str, name: str):
     def build():
         try:
             with tarfile.open(archive, "r:gz") as tar:
@@ -93,7 +93,7 @@ def _from_archive(archive: Path, fmt: CifarFormat, split: str, root: Path, name:
         return _assemble(read, fmt, split)
 
     key = {"source": str(archive.resolve()), "content": source_key(archive), "split": split}
-    return cached(root, f"{name}-{split}", key, build)
+    return cached(f"{name}-{split}", key, build)
 
 
 def _from_folder(folder: Path, fmt: CifarFormat, split: str):
@@ -117,14 +117,14 @@ def load_cifar(name: str, root: str | Path, split: str = "train", on_error: str 
             arrays, meta = _from_folder(base / fmt.folder, fmt, split)
             break
         if (base / archive_name).is_file():
-            arrays, meta = _from_archive(base / archive_name, fmt, split, root, name)
+            arrays, meta = _from_archive(base / archive_name, fmt, split, name)
             break
     if arrays is None and (root / name).is_dir():
-        folder = load_image_folder(root / name, split, image_size=32, on_error=on_error, root=root, progress=progress, name=name)
+        folder = load_image_folder(root / name, split, image_size=32, on_error=on_error, progress=progress, name=name)
         folder.mean, folder.std = fmt.mean, fmt.std
         return folder
     if arrays is None:
-        arrays, meta = _from_archive(fetch(name, root, progress), fmt, split, root, name)
+        arrays, meta = _from_archive(fetch(name, root, progress), fmt, split, name)
     return ArrayDataset(
         data=torch.from_numpy(arrays["data"]),
         labels=torch.from_numpy(arrays["labels"]),

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from selfsup.data.base import ArrayDataset
-from selfsup.data.cache import cached, default_root, source_key
+from selfsup.data.cache import cached, source_key
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -130,12 +130,11 @@ def load_image_folder(
     split: str = "train",
     image_size: int | None = None,
     on_error: str = "stop",
-    root: str | Path | None = None,
     limit: int | None = None,
     progress: bool = True,
     name: str | None = None,
 ) -> ArrayDataset:
-    """An ImageFolder split as uint8 [N, 3, S, S]; decoded once, then read from the cache in ``root``.
+    """An ImageFolder split as uint8 [N, 3, S, S]; decoded once, then read from the cache (``cache_dir()``).
 
     on_error: 'stop' raises on the first unreadable image (naming it); 'skip' leaves it out and
     reports how many were skipped. ``limit`` decodes only that many images, evenly spread over the
@@ -163,7 +162,7 @@ def load_image_folder(
     else:
         key = {"source": str(source.resolve()), "content": source_key(source), "split": split,
                "image_size": image_size, "on_error": on_error}
-        arrays, meta = cached(Path(root) if root else default_root(), f"folder-{name}-{split}", key, build)
+        arrays, meta = cached(f"folder-{name}-{split}", key, build)
     return ArrayDataset(
         data=torch.from_numpy(arrays["data"]),
         labels=torch.from_numpy(arrays["labels"]),

@@ -95,7 +95,7 @@ def load_stl10(root: str | Path, split: str = "train", progress: bool = True) ->
                 raise ValueError(f"{source} is truncated or not a valid tar.gz ({err}); delete it and download again") from None
 
     key = {"source": str(source.resolve()), "content": source_key(source), "split": split}
-    arrays, meta = cached(root, f"stl10-{split}", key, build)
+    arrays, meta = cached(f"stl10-{split}", key, build)
     return ArrayDataset(
         data=torch.from_numpy(arrays["data"]),
         labels=torch.from_numpy(arrays["labels"]),
