@@ -141,6 +141,7 @@ def test_wav_folder_classes_splits_and_errors(tmp_path):
     assert train.classes == ["high", "low"] and len(train) == 6 and len(test) == 2
     assert sorted(test.labels.tolist()) == [0, 1]  # stratified
     assert train.data.shape == (6, 1, 1280)  # longest file, 0.08 s at 16 kHz; shorter ones zero-padded
+    assert test.data.shape[-1] == 1280 and test.mean == train.mean  # training length and statistics
     assert load_wav_folder(tmp_path / "clips", "pretrain", length=500).data.shape == (6, 1, 500)
 
     (tmp_path / "clips" / "low" / "broken.wav").write_bytes(b"RIFF\x00\x00garbage")

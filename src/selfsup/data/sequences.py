@@ -217,7 +217,8 @@ def load_wav_folder(
     split deterministically (25% test, stratified by class). ``pretrain`` is the train part.
     Every file is resampled to ``sample_rate`` (polyphase filter, anti-aliased), averaged to one
     channel when ``mono``, then cut or zero-padded at the end to ``length`` samples (default:
-    the longest file). Unreadable files stop loading (``on_error="raise"``) or are skipped
+    the longest file; the test split takes the training length). Normalisation statistics come
+    from the training part. Unreadable files stop loading (``on_error="raise"``) or are skipped
     with a count (``on_error="skip"``).
     """
     _check_split(split, "WAV")
@@ -246,16 +247,12 @@ def load_wav_folder(
             skipped.append(file)
     if skipped:
         print(f"skipped {len(skipped)} unreadable WAV file(s) in {root}, e.g. {skipped[0]}")
+    reference = None
+    if part == "test":
+        reference = load_wav_folder(root, "train", sample_rate, length, mono, on_error).data.numpy()
+        length = reference.shape[-1]
     data = _fit_length(audio, length)
-    return ArrayDataset(
-        data=torch.from_numpy(data),
-        labels=torch.tensor(labels, dtype=torch.int64),
-        classes=classes,
-        name=root.name,
-        kind="sequence",
-        mean=tuple(float(m) for m in data.mean(axis=(0, 2))),
-        std=tuple(float(s) for s in np.maximum(data.std(axis=(0, 2)), 1e-8)),
-    )
+    return _sequence_dataset(data, np.array(labels, dtype=np.int64), classes, root.name, data if reference is None else reference)
 
 
 def read_wav(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> np.ndarray:
