@@ -53,7 +53,7 @@ def _full_precision(x: Tensor) -> contextlib.AbstractContextManager:
 
 
 def _check_pair(name: str, z1: Tensor, z2: Tensor, gather: bool) -> int:
-    """Validate two [N, D] views; return the number of samples over all ranks."""
+    """Validate two [N, D] views; return the number of samples over all ranks (equal batches per rank)."""
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(f"{name}: z1 and z2 must both be [batch, dim]; got {tuple(z1.shape)} and {tuple(z2.shape)}")
     total = z1.shape[0] * (distributed.world_size() if gather else 1)
@@ -154,7 +154,7 @@ def whiten(x: Tensor, shrinkage: float = 1e-5) -> Tensor:
         ridge = shrinkage * trace / d + _RIDGE_FLOOR
         eye = torch.eye(d, dtype=torch.float64, device=x.device)
         shrunk = (1 - shrinkage) * covariance + ridge[..., None, None] * eye
-        cholesky = torch.linalg.cholesky(shrunk)
+        cholesky = torch.linalg.cholesky_ex(shrunk).L  # positive definite by the ridge; no host sync
         white = torch.linalg.solve_triangular(cholesky, centred.mT, upper=False).mT
     return white.to(out_dtype)
 
@@ -188,7 +188,8 @@ def wmse(
         )
     total = z1.new_zeros((), dtype=torch.float64 if z1.dtype == torch.float64 else torch.float32)
     for _ in range(w_iter):
-        order = torch.randperm(batch, generator=generator, device="cpu").to(z1.device)
+        order = torch.randperm(batch, generator=generator, device=generator.device if generator else z1.device)
+        order = order.to(z1.device)
         v1 = whiten(z1[order].view(-1, w_size, z1.shape[1]), shrinkage)
         v2 = whiten(z2[order].view(-1, w_size, z2.shape[1]), shrinkage)
         total = total + (2 - 2 * F.cosine_similarity(v1, v2, dim=-1, eps=1e-12).mean())
