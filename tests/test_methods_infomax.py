@@ -42,9 +42,7 @@ CASES = {
     "vicreg": lambda: build("vicreg", resnet18(width=4)),
     "wmse": lambda: build("wmse", resnet18(width=4)),
     "mocov3": lambda: build("mocov3", resnet18(width=4)),
-    "mocov3_vit": lambda: build(
-        "mocov3", vit_tiny(input_size=8, width=16, depth=2, frozen_patch_embed=True), ["head.proj_layers=3"]
-    ),
+    "mocov3_vit": lambda: build("mocov3", vit_tiny(input_size=8, width=16, depth=2, frozen_patch_embed=True)),
 }
 
 
@@ -134,6 +132,11 @@ def test_presets_follow_the_papers():
     assert (vit.out_dim, vit.blocks[0].attn.num_heads, vit.patch_size) == (384, 12, 16)
     assert not vit.patch_embed.weight.requires_grad
     assert mocov3["loss"]["temperature"] == 0.2 and mocov3["head"]["momentum_base"] == 0.99
+    projector_layers = {
+        encoder: sum(isinstance(m, torch.nn.Linear) for m in build("mocov3", encoder).projector)
+        for encoder in (resnet18(width=4), vit_tiny(input_size=8, width=16, depth=1))
+    }
+    assert list(projector_layers.values()) == [2, 3]  # the authors' code: 2 for a ResNet, 3 for a ViT
 
 
 # ---- learning on digits: beats the random-init encoder's kNN with healthy collapse monitors ---------------------------

@@ -7,8 +7,8 @@
     theta' <- m theta' + (1 - m) theta,  m = 1 - (1 - m_0)(cos(pi k / K) + 1) / 2
 
 Projector and predictor MLPs end in BatchNorm without affine and have no biases (the authors' code);
-the projector has 2 layers for ResNets and 3 for ViTs. With a ViT, ``backbone.frozen_patch_embed``
-keeps the random patch projection fixed (Sec. 5.1).
+the projector has 2 layers for ResNets and 3 for ViTs (``head.proj_layers``; null picks by backbone).
+With a ViT, ``backbone.frozen_patch_embed`` keeps the random patch projection fixed (Sec. 5.1).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from selfsup.losses import info_nce
 from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.nn.heads import mlp
 from selfsup.nn.momentum import cosine_momentum, ema_update, momentum_copy
+from selfsup.nn.vit import VisionTransformer
 
 
 class MoCoV3(Method):
@@ -32,7 +33,8 @@ class MoCoV3(Method):
         super().__init__(encoder, cfg, info)
         head = cfg["head"]
         hidden, out = head["proj_hidden_dim"], head["proj_out_dim"]
-        self.projector = mlp(info.feature_dim, hidden, out, num_layers=head["proj_layers"], last_batch_norm=True)
+        layers = head.get("proj_layers") or (3 if isinstance(encoder, VisionTransformer) else 2)
+        self.projector = mlp(info.feature_dim, hidden, out, num_layers=layers, last_batch_norm=True)
         self.predictor = mlp(out, head["pred_hidden_dim"], out, num_layers=2, last_batch_norm=True)
         self.momentum_encoder = momentum_copy(encoder)
         self.momentum_projector = momentum_copy(self.projector)
