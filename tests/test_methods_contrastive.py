@@ -21,6 +21,7 @@ from selfsup.nn.memory import MemoryBank, Queue
 from selfsup.nn.resnet import resnet18
 from selfsup.train.config import build_config
 from selfsup.train.optim import build_optimizer
+from tests.helpers import learns_on_digits
 
 POOL, BATCH, SIDE = 64, 16, 16
 
@@ -96,6 +97,25 @@ def test_forward_backward_and_loss_decreases_over_a_few_epochs_of_a_fixed_pool(n
     # Epoch 0 is measured against the initial memory (random queue, AdCo's negatives being filled
     # with keys), which is easier than the real keys that replace it; learning shows from epoch 1 on.
     assert epoch_losses[-1] < epoch_losses[1], epoch_losses
+
+
+@pytest.mark.parametrize("name", CONTRASTIVE)
+def test_a_bf16_autocast_step_is_finite_and_keeps_the_memories_in_float32(name):
+    method = tiny(name)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
+    views, labels = pool()
+    idx = torch.arange(BATCH)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = method([v[idx] for v in views], labels=labels[idx], indices=idx)
+    assert torch.isfinite(out.loss)
+    optimizer.zero_grad()
+    out.loss.backward()
+    method.on_after_backward(0)
+    optimizer.step()
+    method.on_step_end(0, 10)
+    assert all(torch.isfinite(p).all() for p in method.parameters())
+    assert all(b.dtype in (torch.float32, torch.long) for b in method.buffers())
+    assert all(p.dtype == torch.float32 for p in method.parameters())
 
 
 @pytest.mark.parametrize("name", ["moco", "mocov1", "adco"])
@@ -279,7 +299,8 @@ def test_shuffled_batch_norm_and_memories_across_two_gloo_processes(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    # fork: the children inherit the imported modules (spawning re-imports torch, seconds per process)
+    mp.start_processes(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     everyone = torch.cat([r0["x"], r1["x"]])
     assert torch.equal(r0["permutation"], r1["permutation"])  # one permutation, broadcast from rank 0
@@ -291,3 +312,36 @@ def test_shuffled_batch_norm_and_memories_across_two_gloo_processes(tmp_path):
     written = [0, 4, 1, 5]  # rank 0 wrote rows 0 and 4, rank 1 rows 1 and 5; every rank holds all four
     expected = F.normalize(torch.cat([r0["x"][:2], r1["x"][:2]]), dim=1)
     assert torch.allclose(r0["bank"][written], expected) and torch.allclose(r1["bank"][written], expected)
+
+
+# Digits has about 1,260 training images, so memories sized for CIFAR/ImageNet would hold each
+# image's own key (queue, AdCo negatives) or drown the data in noise (InstDisc: k P_n = 4096/1260 > 1).
+# They are scaled down here; InstDisc keeps k P_n near its CIFAR value (4096 / 50000 = 0.08).
+DIGITS_SETTINGS = {
+    "moco": ["head.queue_size=512"],
+    "mocov1": ["head.queue_size=512"],
+    "adco": ["head.num_negatives=512"],
+    "instdisc": ["head.noise_samples=100", "optim.lr=0.05"],
+    "supcon": [],
+}
+DIGITS_EPOCHS = ["train.epochs=4"]  # enough for every method to clear the margins below, in seconds
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """The run folder's PNGs (a t-SNE map among them) cost more than the training here and say nothing about it."""
+    from selfsup.train import report
+
+    monkeypatch.setattr(report, "plot_curves", lambda *args, **kwargs: None)
+    monkeypatch.setattr(report, "plot_embedding_map", lambda *args, **kwargs: None)
+
+
+@pytest.mark.parametrize("name", CONTRASTIVE)
+def test_learns_on_digits_with_healthy_collapse_monitors(name, tmp_path, no_plots):
+    result = learns_on_digits(name, tmp_path, DIGITS_EPOCHS + DIGITS_SETTINGS[name])
+    assert result.knn_trained > result.knn_random_init + 0.15, (result.knn_trained, result.knn_random_init)
+    monitors = result.last_epoch
+    assert monitors["effective_rank"] > 5, monitors
+    # SupCon maps each of the 10 classes to one point by design; 10 points on the sphere give a
+    # low per-dimension spread, so its floor is lower than that of the instance-level methods.
+    assert monitors["z_std_ratio"] > (0.05 if name == "supcon" else 0.15), monitors
