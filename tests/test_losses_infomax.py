@@ -40,7 +40,10 @@ def ref_vicreg(z1, z2, sim, var, cov, eps=1e-4):
 
     def variance_and_covariance(z):
         means = [sum(z[b, j] for b in range(n)) / n for j in range(d)]
-        c = [[sum((z[b, i] - means[i]) * (z[b, j] - means[j]) for b in range(n)) / (n - 1) for j in range(d)] for i in range(d)]
+        c = [
+            [sum((z[b, i] - means[i]) * (z[b, j] - means[j]) for b in range(n)) / (n - 1) for j in range(d)]
+            for i in range(d)
+        ]
         hinge = sum(torch.relu(1 - torch.sqrt(c[j][j] + eps)) for j in range(d)) / d
         off_diagonal = sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j) / d
         return hinge, off_diagonal
@@ -88,7 +91,7 @@ def ref_wmse(z1, z2, w_size, w_iter, shrinkage, seed):
     return loss / w_iter
 
 
-# ---- helpers ----------------------------------------------------------------------------------------------------------
+# ---- helpers ---------------------------------------------------------------------------------------------------------
 
 
 def pair(n: int, d: int, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +110,7 @@ def assert_matches(ours, reference, inputs, rtol=1e-9, atol=1e-11):
         torch.testing.assert_close(g_ours, g_ref, rtol=rtol * 100, atol=atol * 100)
 
 
-# ---- values and gradients against the references ----------------------------------------------------------------------
+# ---- values and gradients against the references ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("n, d, lambda_offdiag", [(6, 4, 5e-3), (2, 3, 0.5), (9, 2, 0.0051)])
@@ -117,7 +120,9 @@ def test_barlow_twins_matches_reference(n, d, lambda_offdiag):
     assert_matches(ours, ref_barlow_twins(z1, z2, lambda_offdiag), (z1, z2))
 
 
-@pytest.mark.parametrize("n, d, coefficients", [(6, 4, (25.0, 25.0, 1.0)), (2, 3, (1.0, 2.0, 3.0)), (7, 5, (25.0, 25.0, 1.0))])
+@pytest.mark.parametrize(
+    "n, d, coefficients", [(6, 4, (25.0, 25.0, 1.0)), (2, 3, (1.0, 2.0, 3.0)), (7, 5, (25.0, 25.0, 1.0))]
+)
 def test_vicreg_matches_reference(n, d, coefficients):
     z1, z2 = pair(n, d, seed=10 + n)
     z1, z2 = (0.3 * z1).detach().requires_grad_(), z2  # z1's variance under 1: the hinge is active
@@ -127,7 +132,9 @@ def test_vicreg_matches_reference(n, d, coefficients):
     assert_matches(ours, reference, (z1, z2))
 
 
-@pytest.mark.parametrize("n, d, w_size, w_iter, shrinkage", [(8, 3, 4, 2, 0.0), (12, 3, 6, 1, 1e-2), (6, 2, 6, 3, 1e-4)])
+@pytest.mark.parametrize(
+    "n, d, w_size, w_iter, shrinkage", [(8, 3, 4, 2, 0.0), (12, 3, 6, 1, 1e-2), (6, 2, 6, 3, 1e-4)]
+)
 def test_wmse_matches_reference(n, d, w_size, w_iter, shrinkage):
     z1, z2 = pair(n, d, seed=20 + n)
     ours = wmse(z1, z2, w_size=w_size, w_iter=w_iter, shrinkage=shrinkage, generator=torch.Generator().manual_seed(5))
@@ -141,7 +148,7 @@ def test_whiten_matches_reference():
     torch.testing.assert_close(whiten(z1, 1e-3), reference, rtol=1e-9, atol=1e-11)
 
 
-# ---- properties -------------------------------------------------------------------------------------------------------
+# ---- properties ------------------------------------------------------------------------------------------------------
 
 
 def test_whitened_batch_has_identity_covariance():
@@ -182,7 +189,7 @@ def test_collapse_costs_more_than_a_spread_embedding():
     assert wmse(collapsed, collapsed + 1e-3 * torch.randn_like(collapsed), w_size=16) > 0.5  # whitening undoes it
 
 
-# ---- edge cases -------------------------------------------------------------------------------------------------------
+# ---- edge cases ------------------------------------------------------------------------------------------------------
 
 
 def test_zero_vectors_give_finite_losses_and_gradients():

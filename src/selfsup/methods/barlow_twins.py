@@ -29,7 +29,7 @@ class BarlowTwins(Method):
         super().__init__(encoder, cfg, info)
         head = cfg["head"]
         self.projector = mlp(
-            info.feature_dim, head["proj_hidden_dim"], head["proj_out_dim"], num_layers=head["proj_layers"], last_bias=False
+            info.feature_dim, head["proj_hidden_dim"], head["proj_out_dim"], head["proj_layers"], last_bias=False
         )
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:

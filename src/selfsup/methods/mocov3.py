@@ -49,7 +49,9 @@ class MoCoV3(Method):
             k1 = self.momentum_projector(self.momentum_encoder(x1))
             k2 = self.momentum_projector(self.momentum_encoder(x2))
         tau = self.cfg["loss"]["temperature"]
-        loss = 2 * tau * (info_nce(q1, k2, temperature=tau, gather=True) + info_nce(q2, k1, temperature=tau, gather=True))
+        loss = 2 * tau * (
+            info_nce(q1, k2, temperature=tau, gather=True) + info_nce(q2, k1, temperature=tau, gather=True)
+        )
         return StepOutput(loss=loss, metrics={"momentum": self.momentum}, features=h1, embeddings=(z1, z2))
 
     def on_step_end(self, step: int, total_steps: int) -> None:
