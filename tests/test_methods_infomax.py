@@ -68,7 +68,7 @@ def test_steps_on_a_fixed_batch_lower_the_loss(case):
         method.on_step_end(step, 8)
         losses.append(out.loss.item())
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.9 * losses[0], losses
+    assert losses[-1] < 0.75 * losses[0], losses
 
 
 def test_mocov3_momentum_schedule_and_ema():
