@@ -140,7 +140,8 @@ def whiten(x: Tensor, shrinkage: float = 1e-5) -> Tensor:
 
     Computed in float64 with the gradient through the Cholesky factor, as in the paper. The
     shrinkage keeps it finite when Sigma is singular (N <= D, constant or zero vectors); with
-    ``shrinkage=0`` it is the paper's exact whitening. Returns float32 (float64 for float64 input).
+    ``shrinkage=0`` it is the paper's exact whitening (up to the 1e-12 ridge). Returns float32
+    (float64 for float64 input).
     """
     if x.shape[-2] < 2:
         raise ValueError(f"whiten needs at least 2 samples to estimate a covariance; got {x.shape[-2]}")
