@@ -99,6 +99,39 @@ def test_cpc_sequence_preset_builds_a_working_encoder():
     assert section["views"]["preset"] == "sequence_cpc"
 
 
+def test_image_cpc_patch_grid_row_causal_context_and_training():
+    torch.manual_seed(0)
+    x = _tiny_images()
+    backbone = resnet18(width=4, in_channels=1)
+    info = RunInfo(backbone.out_dim, len(x), 10, 1, 1, 1, 16)
+    head = {"prediction_steps": 2, "patch_size": 4, "patch_stride": 2}
+    method = CPC(backbone, {"head": head, "loss": {}}, info)
+    method.eval()
+    grid = method.encoder.grid(x)
+    assert grid.shape == (32, 7, 7, backbone.out_dim)  # (16 - 4) / 2 + 1 patches per side
+    assert torch.allclose(grid[:, 2, 3], backbone(x[:, :, 4:8, 6:10]), atol=1e-5)
+    assert torch.allclose(method.encoder(x), grid.mean(dim=(1, 2)), atol=1e-6)
+    changed = x.clone()
+    changed[:, :, 10:] += 1.0  # touches patch rows 4-6 only ...
+    c, c_changed = method.context(grid), method.context(method.encoder.grid(changed))
+    assert torch.allclose(c[:, :4], c_changed[:, :4], atol=1e-6)  # ... so the contexts of rows 0-3 are unchanged
+    assert not torch.allclose(c[:, 6], c_changed[:, 6])
+
+    method.train()
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(10):
+        out = method([x])
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        losses.append(out.loss.item())
+    assert out.features.shape == (32, backbone.out_dim) and out.embeddings[0].shape == (32, backbone.out_dim)
+    assert losses[-1] < losses[0] - 0.2, losses
+    with pytest.raises(ValueError, match="head.patch_size"):
+        CPC(resnet18(width=4, in_channels=1), {"head": {"prediction_steps": 2}, "loss": {}}, info)
+
+
 def _tiny_images(n=32, size=16) -> torch.Tensor:
     from sklearn.datasets import load_digits
 
