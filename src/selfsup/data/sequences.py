@@ -209,7 +209,7 @@ def load_wav_folder(
     sample_rate: int = 16000,
     length: int | None = None,
     mono: bool = True,
-    on_error: str = "raise",
+    on_error: str = "stop",
 ) -> ArrayDataset:
     """A folder of WAV files, one subfolder per class, as float32 ``[N, C, T]`` audio in [-1, 1].
 
@@ -218,12 +218,12 @@ def load_wav_folder(
     Every file is resampled to ``sample_rate`` (polyphase filter, anti-aliased), averaged to one
     channel when ``mono``, then cut or zero-padded at the end to ``length`` samples (default:
     the longest file; the test split takes the training length). Normalisation statistics come
-    from the training part. Unreadable files stop loading (``on_error="raise"``) or are skipped
+    from the training part. Unreadable files stop loading (``on_error="stop"``) or are skipped
     with a count (``on_error="skip"``).
     """
     _check_split(split, "WAV")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got '{on_error}'")
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', got '{on_error}'")
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"WAV folder not found: {root}")
@@ -242,7 +242,7 @@ def load_wav_folder(
             audio.append(_read_wav(file, sample_rate, mono))
             labels.append(label)
         except ValueError as err:
-            if on_error == "raise":
+            if on_error == "stop":
                 raise ValueError(f"{err}; fix or remove the file, or pass on_error='skip'") from None
             skipped.append(file)
     if skipped:
