@@ -34,8 +34,9 @@ def load_ucr(name_or_path: str, split: str = "train", root: str | None = None, u
     JapaneseVowels, ...). A path is used as given, whatever the split.
     Missing values (``?``) are filled by linear interpolation along time. Series of unequal
     length are linearly resampled to the longest training length (``unequal="resample"``) or
-    zero-padded/cut at the end (``unequal="pad"``); test series get the training length too. Normalisation statistics (``mean``, ``std``
-    per channel) come from the training file, so every split is normalised alike.
+    zero-padded/cut at the end (``unequal="pad"``); test series get the training length too.
+    Normalisation statistics (``mean``, ``std`` per channel) come from the training file, so
+    every split is normalised alike.
     """
     _check_split(split, "UCR")
     path = Path(name_or_path)
