@@ -86,7 +86,8 @@ def blend_stage(images: Tensor, factor: Tensor, to_mean: Tensor, to_gray: Tensor
     """
     gray = luma(images)
     mean = gray.mean(dim=(2, 3), keepdim=True)
-    target = torch.where(to_gray.view(-1, 1, 1, 1), gray, mean * to_mean.view(-1, 1, 1, 1))
+    to_gray, to_mean = (m.to(images.dtype).view(-1, 1, 1, 1) for m in (to_gray, to_mean))
+    target = torch.addcmul(mean * to_mean, gray, to_gray)
     return torch.lerp(target, images, factor.view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
 
 
@@ -111,12 +112,17 @@ def _rgb_from_hue6(hue6: Tensor, value: Tensor, chroma: Tensor) -> Tensor:
     """RGB from 6 * hue (any real), value and chroma.
 
     A channel is at V within 1 (of 6) hue units of its own hue (R 0, G 2, B 4), falls linearly to
-    V - C between 1 and 2 units, and stays there: c = V - C * clamp(d - 1, 0, 1), d the circular distance.
+    V - C between 1 and 2 units, and stays there: c = V - C * clamp(d - 1, 0, 1), d the circular
+    distance. With h in [0, 6), |h - 2| and |h - 4| are off the circular distance only where both
+    exceed 2, so only red needs the wrap-around.
     """
-    hue6 = torch.remainder(hue6, 6.0)
-    distance = (hue6 - hue6.new_tensor((0.0, 2.0, 4.0)).view(1, 3, 1, 1)).abs_()
-    fall = torch.minimum(distance - 1.0, 5.0 - distance).clamp_(0.0, 1.0)
-    return torch.addcmul(value, chroma, fall, value=-1.0)
+    h = torch.remainder(hue6, 6.0)
+    out = torch.empty(h.shape[0], 3, *h.shape[2:], device=h.device, dtype=h.dtype)
+    distances = (torch.minimum(h, 6.0 - h), (h - 2.0).abs_(), (h - 4.0).abs_())
+    for channel, distance in enumerate(distances):
+        fall = distance.sub_(1.0).clamp_(0.0, 1.0)
+        torch.addcmul(value, chroma, fall, value=-1.0, out=out[:, channel : channel + 1])
+    return out
 
 
 def rgb_to_hsv(images: Tensor) -> Tensor:
@@ -158,7 +164,7 @@ def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
 
 def grayscale(images: Tensor, mask: Tensor) -> Tensor:
     """Replace the samples where ``mask`` by their luma, repeated over the 3 channels."""
-    return torch.where(mask.view(-1, 1, 1, 1), luma(images).expand_as(images), images)
+    return torch.lerp(images, luma(images), mask.to(images.dtype).view(-1, 1, 1, 1))
 
 
 def blur_kernel_size(image_size: int, fraction: float = 0.1) -> int:
