@@ -207,7 +207,8 @@ def test_normalisation_jitter_and_scaling_statistics():
 
 def test_channel_permutation_rate_and_two_independent_views():
     x = torch.arange(4.0).view(1, 4, 1).expand(2000, 4, 8).contiguous()
-    maker = build_sequence_views({"preset": "sequence_two_views", "crop_scale": (1.0, 1.0), "scale_std": 0.0, "jitter_std": 0.0, "permute_prob": 0.5}, 4, 8, [0.0] * 4, [1.0] * 4)
+    only_permute = {"crop_scale": (1.0, 1.0), "scale_std": 0.0, "jitter_std": 0.0, "permute_prob": 0.5}
+    maker = build_sequence_views({"preset": "sequence_two_views", **only_permute}, 4, 8, [0.0] * 4, [1.0] * 4)
     v1, v2 = maker(x)
     assert maker.num_views == 2
     assert torch.equal(v1.sort(dim=1).values, x)  # each sample's channels are a permutation

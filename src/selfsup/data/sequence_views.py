@@ -23,9 +23,15 @@ from torch import Tensor
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPC needs one view: the whole (normalised) series; its negatives are other samples' latents.
-    "sequence_cpc": {"num_views": 1, "crop_scale": (1.0, 1.0), "crop_length": None, "scale_std": 0.0, "jitter_std": 0.0, "permute_prob": 0.0},
+    "sequence_cpc": {
+        "num_views": 1, "crop_scale": (1.0, 1.0), "crop_length": None,
+        "scale_std": 0.0, "jitter_std": 0.0, "permute_prob": 0.0,
+    },
     # Two views for contrastive / distillation methods on series: crop, scaling and jitter.
-    "sequence_two_views": {"num_views": 2, "crop_scale": (0.5, 1.0), "crop_length": None, "scale_std": 0.1, "jitter_std": 0.05, "permute_prob": 0.0},
+    "sequence_two_views": {
+        "num_views": 2, "crop_scale": (0.5, 1.0), "crop_length": None,
+        "scale_std": 0.1, "jitter_std": 0.05, "permute_prob": 0.0,
+    },
 }
 PRESETS["sequence"] = PRESETS["sequence_two_views"]
 
@@ -113,7 +119,9 @@ class SequenceViews:
         return [self.view(x) for _ in range(self.num_views)]
 
 
-def build_sequence_views(cfg_views: dict[str, Any], channels: int, length: int, mean: Sequence[float], std: Sequence[float]) -> SequenceViews:
+def build_sequence_views(
+    cfg_views: dict[str, Any], channels: int, length: int, mean: Sequence[float], std: Sequence[float]
+) -> SequenceViews:
     """The maker for ``cfg_views = {"preset": NAME, ...overrides}`` (NAME one of ``PRESETS``)."""
     name = cfg_views.get("preset") or "sequence"
     if name not in PRESETS:

@@ -182,7 +182,9 @@ def _to_dataset(parsed: dict, name: str, reference: np.ndarray) -> ArrayDataset:
     return _sequence_dataset(data, labels, parsed["classes"], name, reference)
 
 
-def _sequence_dataset(data: np.ndarray, labels: np.ndarray, classes: list[str], name: str, reference: np.ndarray) -> ArrayDataset:
+def _sequence_dataset(
+    data: np.ndarray, labels: np.ndarray, classes: list[str], name: str, reference: np.ndarray
+) -> ArrayDataset:
     mean = reference.mean(axis=(0, 2))
     std = np.maximum(reference.std(axis=(0, 2)), 1e-8)
     return ArrayDataset(
@@ -253,7 +255,8 @@ def load_wav_folder(
         reference = load_wav_folder(root, "train", sample_rate, length, mono, on_error).data.numpy()
         length = reference.shape[-1]
     data = _fit_length(audio, length)
-    return _sequence_dataset(data, np.array(labels, dtype=np.int64), classes, root.name, data if reference is None else reference)
+    labels_array = np.array(labels, dtype=np.int64)
+    return _sequence_dataset(data, labels_array, classes, root.name, data if reference is None else reference)
 
 
 def read_wav(path: str | os.PathLike, sample_rate: int | None = None, mono: bool = True) -> np.ndarray:

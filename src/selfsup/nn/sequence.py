@@ -39,7 +39,9 @@ class ConvGRU(nn.Module):
     ):
         super().__init__()
         if len(strides) != len(kernels) or not strides:
-            raise ValueError(f"backbone.strides {list(strides)} and backbone.kernels {list(kernels)} need the same non-zero length")
+            raise ValueError(
+                f"backbone.strides {list(strides)} and backbone.kernels {list(kernels)} need the same non-zero length"
+            )
         if any(k < s for k, s in zip(kernels, strides)):
             raise ValueError(f"each kernel must be at least its stride, got kernels {list(kernels)} strides {list(strides)}")
         if pool not in ("mean", "last"):
@@ -47,7 +49,8 @@ class ConvGRU(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for kernel, stride in zip(kernels, strides):
-            layers += [nn.Conv1d(channels, width, kernel, stride, padding=(kernel - stride + 1) // 2), _norm(norm, width), nn.ReLU()]
+            padding = (kernel - stride + 1) // 2  # length T -> T // stride
+            layers += [nn.Conv1d(channels, width, kernel, stride, padding), _norm(norm, width), nn.ReLU()]
             channels = width
         self.conv = nn.Sequential(*layers)
         self.gru = nn.GRU(width, context_dim, batch_first=True)
