@@ -122,7 +122,7 @@ def write_section(result: dict, cfg: dict) -> None:
         f"`python benchmarks/cpc_ucr.py --data {result['data']}`: CPC pre-trained on the {result['data']} training split "
         f"(labels unused; conv_gru width {backbone['width']}, strides {backbone['strides']}, GRU {backbone['context_dim']}, "
         f"{cfg['head']['prediction_steps']} steps ahead, {result['epochs']} epochs, batch {result['batch']}, "
-        f"{result['wall_s']} s per run on {result['device']}), then logistic regression on the training split, "
+        f"{result['wall_s']} s per run on {result['device']}, shared and busy), then logistic regression on the training split, "
         f"accuracy on the test split; mean over seeds {result['seeds']}.",
         "",
         "| representation | test accuracy |",
@@ -138,7 +138,8 @@ def write_section(result: dict, cfg: dict) -> None:
             "Published on the same split (representation + RBF SVM; TS2Vec, Yue et al. AAAI 2022, arXiv:2106.10466, "
             "appendix table of the 128 UCR datasets): "
             + ", ".join(f"{name} {acc:.3f}" for name, acc in published)
-            + ". Their probe is an SVM, ours a linear classifier.",
+            + ". Their probe is an SVM, ours a linear classifier. (Values transcribed from that table; the search "
+            "tool did not return the table text, so re-check them against the paper before quoting.)",
         ]
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     start = text.find(SECTION)
