@@ -70,9 +70,11 @@ class DeepInfoMax(Method):
         was_training = encoder.training
         encoder.eval()
         probe = torch.zeros(2, info.channels, info.input_size, info.input_size, device=next(encoder.parameters()).device)
-        channels = encoder.forward_features(probe).shape[1]
+        shape = encoder.forward_features(probe).shape
         encoder.train(was_training)
-        return channels
+        if len(shape) != 4:
+            raise ValueError(f"dim needs a [B, C, h, w] feature map from forward_features, got {tuple(shape)}; use a resnet")
+        return shape[1]
 
     def _represent(self, x: Tensor) -> tuple[Tensor, Tensor]:
         local = self.encoder.forward_features(x)
