@@ -2,7 +2,7 @@
 
     python benchmarks/cifar10.py --method simclr [--epochs N] [--batch-size B] [--width W]
         [--device cpu|cuda] [--data-dir DIR] [--train-subset N] [--set key=value ...]
-    python benchmarks/cifar10.py --method all ...   # every image method, one after another
+    python benchmarks/cifar10.py --method all ...   # every image method, one after another (or a comma list)
 
 Data: the ImageFolder tarballs ``train.tar.gz`` / ``test.tar.gz`` in ``--data-dir`` (default
 ``../shared/data/cifar10`` beside the repository), loaded as ``folder:DIR``. ``--train-subset N``
@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from selfsup import methods
+from selfsup.data import load_dataset
 from selfsup.data.base import ArrayDataset
 from selfsup.train.evaluation import random_init_knn
-from selfsup.train.setup import Datasets, load_datasets, make_config, resolve_device
+from selfsup.train.setup import Datasets, make_config, resolve_device
 from selfsup.train.trainer import fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,14 +68,14 @@ linear top-1 after 1000 epochs.
 | method | lightly kNN, 200 epochs | solo-learn linear, 1000 epochs |
 |---|---|---|
 """ + "".join(
-    f"| {name} | {LIGHTLY_KNN_200.get(name, '—')} | {SOLO_LINEAR_1000[name] * 100:.2f} |\n"
+    f"| {name} | {LIGHTLY_KNN_200.get(name, '—')} | {SOLO_LINEAR_1000[name]:.4f} |\n"
     for name in ["simclr", "byol", "moco", "barlow_twins", "vicreg", "simsiam", "swav", "wmse", "deepclusterv2"]
 ).replace("| moco |", "| moco (solo-learn: MoCo v2+) |")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--method", required=True, help="a method name (see `selfsup methods`) or 'all'")
+    parser.add_argument("--method", required=True, help="a method name (see `selfsup methods`), a comma list, or 'all'")
     parser.add_argument("--epochs", type=int, help="default: the preset's")
     parser.add_argument("--batch-size", type=int, help="default: the preset's")
     parser.add_argument("--width", type=int, default=64, help="ResNet base channels (64 = full ResNet-18)")
@@ -132,7 +133,7 @@ def device_name(device: torch.device) -> str:
 
 
 def command_for(method: str, argv: list[str]) -> str:
-    """The command that reruns this one method (``--method all`` replaced; output paths left out)."""
+    """The command that reruns this one method (a ``--method`` list replaced; output paths left out)."""
     words, skip = ["python", "benchmarks/cifar10.py"], False
     for i, word in enumerate(argv):
         if skip:
@@ -143,7 +144,9 @@ def command_for(method: str, argv: list[str]) -> str:
             continue
         if word.startswith(("--out=", "--results=")):
             continue
-        words.append(method if i > 0 and argv[i - 1] == "--method" else word.replace("--method=all", f"--method={method}"))
+        if i > 0 and argv[i - 1] == "--method":
+            word = method
+        words.append(f"--method={method}" if word.startswith("--method=") else word)
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -230,11 +233,13 @@ def append_row(results: Path, row: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    names = image_methods() if args.method == "all" else [args.method]
-    if args.method != "all" and methods.get(args.method).data_kind == "sequence":
-        raise SystemExit(f"{args.method} trains on sequences, not images: pick an image method (see `selfsup methods`)")
+    names = image_methods() if args.method == "all" else args.method.split(",")
+    for name in names:
+        if methods.get(name).data_kind == "sequence":
+            raise SystemExit(f"{name} trains on sequences, not images: pick an image method (see `selfsup methods`)")
     spec = f"folder:{args.data_dir}"
-    datasets = load_datasets(spec, args.cache_dir)
+    train = load_dataset(spec, args.cache_dir, "train")  # an ImageFolder's pretrain split is its train split
+    datasets = Datasets(train, train, load_dataset(spec, args.cache_dir, "test"))
     if args.train_subset:
         subset = balanced_subset(datasets.pretrain, args.train_subset)
         datasets = Datasets(subset, subset if args.eval_train == "subset" else datasets.train, datasets.test)
