@@ -9,7 +9,10 @@
 
 The last term is the proximal regularisation of Sec. 3.4: it keeps the embedding of an
 image near its previous value, which damps the oscillation of the NCE objective.
-One view per image is used; the bank entry plays the role of the second view.
+One view per image is used; the bank entry plays the role of the second view. The k noise
+entries are drawn once per step and shared by the batch: each sample still sees k uniform
+draws (the same estimator), at the cost of one [B, D] x [D, k] product instead of a
+[B, k, D] gather per sample as in the authors' code.
 """
 
 from __future__ import annotations
@@ -49,9 +52,9 @@ class InstDisc(Method):
         h = self.encoder(views[0])
         v = F.normalize(self.projector(h).float(), dim=1)
         previous = self.bank[indices]
-        noise = self.bank[self.bank.sample_indices(v.shape[0], self.noise_samples)]
+        noise = self.bank[self.bank.sample_indices(self.noise_samples)]
         data_logit = (v * previous).sum(1) / self.temperature
-        noise_logits = torch.einsum("bd,bkd->bk", v, noise) / self.temperature
+        noise_logits = v @ noise.T / self.temperature
         log_partition = self.estimate_log_partition(noise_logits)
         nce_loss = nce(
             data_logit - log_partition, noise_logits - log_partition,

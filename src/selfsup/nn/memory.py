@@ -96,8 +96,6 @@ class MemoryBank(nn.Module):
         mixed = momentum * self.vectors[indices] + (1.0 - momentum) * features
         self.vectors[indices] = F.normalize(mixed, dim=1)
 
-    def sample_indices(self, batch_size: int, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """``[batch_size, k]`` indices drawn uniformly with replacement: InstDisc's noise P_n = 1/N."""
-        return torch.randint(
-            self.num_samples, (batch_size, k), device=self.vectors.device, generator=generator
-        )
+    def sample_indices(self, k: int, generator: torch.Generator | None = None) -> Tensor:
+        """``k`` indices drawn uniformly with replacement: InstDisc's noise distribution P_n = 1/N."""
+        return torch.randint(self.num_samples, (k,), device=self.vectors.device, generator=generator)
