@@ -54,19 +54,17 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int, flip: Tensor | None =
 
     One ``grid_sample`` for the whole batch: output pixel centres are mapped affinely into the box
     (pixel-edge convention, as ``interpolate(..., align_corners=False)``), negating x for flipped samples.
+    The sampling grid is separable, so it is built from two [n, size] vectors (no ``affine_grid``).
     """
     n, _, height, width = images.shape
     x0, y0, w, h = boxes.unbind(1)
     sx = w / width
-    sy = h / height
     if flip is not None:
         sx = torch.where(flip, -sx, sx)
-    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = sx
-    theta[:, 0, 2] = (2 * x0 + w) / width - 1
-    theta[:, 1, 1] = sy
-    theta[:, 1, 2] = (2 * y0 + h) / height - 1
-    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    centres = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) * (2.0 / size) - 1.0
+    grid_x = torch.addcmul(((2 * x0 + w) / width - 1)[:, None], sx[:, None], centres)  # [n, size]
+    grid_y = torch.addcmul(((2 * y0 + h) / height - 1)[:, None], (h / height)[:, None], centres)
+    grid = torch.stack([grid_x[:, None, :].expand(n, size, size), grid_y[:, :, None].expand(n, size, size)], dim=-1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
