@@ -24,38 +24,48 @@ MEAN, STD = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262)
 
 
 def kornia_pipeline(preset: str, size: int):
-    """kornia.augmentation with the preset's parameters (crop, flip, jitter, grayscale, blur, solarize)."""
+    """kornia.augmentation with the preset's parameters, one pipeline per view (BYOL's differ)."""
     import kornia.augmentation as K
 
     s = resolve({"preset": preset})
-    first = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731  (first view of asymmetric presets)
-    steps = [
-        K.RandomResizedCrop((size, size), scale=s.get("scale", (0.08, 1.0))),
-        K.RandomHorizontalFlip(p=s.get("flip_p", 0.5)),
-        K.ColorJitter(s["brightness"], s["contrast"], s["saturation"], s["hue"], p=s.get("jitter_p", 0.8)),
-        K.RandomGrayscale(p=s["gray_p"]),
-    ]
-    if first(s.get("blur_p", 0)) > 0:
-        kernel = max(3, round(size * 0.1)) | 1
-        steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=first(s["blur_p"])))
-    steps.append(K.Normalize(torch.tensor(MEAN), torch.tensor(STD)))
-    pipeline = torch.nn.Sequential(*steps)
+
+    def of_view(key: str, view: int, default: float = 0.0) -> float:
+        value = s.get(key, default)
+        return value[view] if isinstance(value, list) else value
+
+    def pipeline(view: int) -> torch.nn.Sequential:
+        steps = [
+            K.RandomResizedCrop((size, size), scale=s.get("scale", (0.08, 1.0))),
+            K.RandomHorizontalFlip(p=s.get("flip_p", 0.5)),
+            K.ColorJitter(s["brightness"], s["contrast"], s["saturation"], s["hue"], p=s.get("jitter_p", 0.8)),
+            K.RandomGrayscale(p=s["gray_p"]),
+        ]
+        if of_view("blur_p", view) > 0:
+            kernel = max(3, round(size * 0.1)) | 1
+            steps.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=of_view("blur_p", view)))
+        if of_view("solarize_p", view) > 0:
+            steps.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=of_view("solarize_p", view)))
+        steps.append(K.Normalize(torch.tensor(MEAN), torch.tensor(STD)))
+        return torch.nn.Sequential(*steps)
+
+    first, second = pipeline(0), pipeline(1)
 
     def make(batch: torch.Tensor) -> list[torch.Tensor]:
         x = batch.float() / 255.0
-        return [pipeline(x), pipeline(x)]
+        return [first(x), second(x)]
 
     return make
 
 
-def load_batch(batch: int, size: int) -> torch.Tensor:
+def load_batch(batch: int, size: int) -> tuple[torch.Tensor, str]:
+    """Real CIFAR-10 (JPEG) images at 32 px when the shared tarball is there, random pixels otherwise."""
     if CIFAR_TRAIN.exists() and size == 32:
         from selfsup.data.folder import load_image_folder
 
-        data = load_image_folder(CIFAR_TRAIN, image_size=32, limit=batch).data
+        data = load_image_folder(CIFAR_TRAIN, image_size=32, limit=batch, progress=False).data
         if len(data) >= batch:
-            return data[:batch]
-    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+            return data[:batch], "CIFAR-10 (JPEG) train images"
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8), "random pixels"
 
 
 def time_once(fn, batch: torch.Tensor) -> tuple[float, float]:
@@ -80,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    batch = load_batch(args.batch, args.size).to(args.device)
+    batch, source = load_batch(args.batch, args.size)
+    batch = batch.to(args.device)
     ours = build_views({"preset": args.preset}, 3, args.size, MEAN, STD)
     theirs = kornia_pipeline(args.preset, args.size)
     for fn in (ours, theirs):  # warm-up
@@ -93,7 +104,7 @@ def main() -> None:
     cpu = {name: statistics.median(t[1] for t in runs) for name, runs in times.items()}
     print(
         f"preset={args.preset} batch={args.batch}x3x{args.size}x{args.size} device={args.device} "
-        f"threads={torch.get_num_threads()} views=2 repeats={args.repeats} (medians)"
+        f"threads={torch.get_num_threads()} views=2 repeats={args.repeats} (medians) data={source}"
     )
     for name in times:
         print(f"  {name:8s} {args.batch / wall[name]:8.0f} images/s wall ({1000 * wall[name]:7.1f} ms/batch), "
