@@ -48,16 +48,19 @@ def _build(open_member, split: str):
     images, labels = [], []
     for x_file, y_file in SPLIT_FILES[split]:
         stream, size = open_member(x_file)
-        images.append(_read_images(stream, size, x_file))
+        with stream:
+            images.append(_read_images(stream, size, x_file))
         if y_file is None:
             labels.append(np.full(len(images[-1]), -1, dtype=np.int64))
         else:
             stream, _ = open_member(y_file)
-            labels.append(np.frombuffer(stream.read(), np.uint8).astype(np.int64) - 1)
+            with stream:
+                labels.append(np.frombuffer(stream.read(), np.uint8).astype(np.int64) - 1)
         if len(labels[-1]) != len(images[-1]):
             raise ValueError(f"{x_file} has {len(images[-1])} images but {y_file} {len(labels[-1])} labels")
     stream, _ = open_member("class_names.txt")
-    classes = stream.read().decode().split()
+    with stream:
+        classes = stream.read().decode().split()
     return {"data": np.concatenate(images), "labels": np.concatenate(labels)}, {"classes": classes}
 
 

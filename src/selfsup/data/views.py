@@ -39,6 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # SimCLR Appendix B.9 (CIFAR-10): strength 0.5, no blur.
     "simclr_cifar": {**_strength(0.5), "gray_p": 0.2},
     # MoCo v1 (He et al. 2020) Sec. 3.3, after InstDisc: crop (0.2, 1), grayscale, jitter 0.4 always, flip.
+    # (Their code applies grayscale before the jitter; here it comes after, as in every later preset.)
     "mocov1": {"scale": (0.2, 1.0), **MOCO_V1_JITTER, "jitter_p": 1.0, "gray_p": 0.2},
     # MoCo v2 (Chen et al. 2020, arXiv:2003.04297): + blur p 0.5, jitter (0.4, 0.4, 0.4, 0.1) p 0.8.
     "mocov2": {"scale": (0.2, 1.0), **MOCO_V2_JITTER, "gray_p": 0.2, "blur_p": 0.5},
