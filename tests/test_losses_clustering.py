@@ -1,14 +1,15 @@
-"""sinkhorn_knopp, swav and deepcluster_v2 against literal references, edge cases, properties, 2-rank gloo."""
+"""sinkhorn_knopp, swav and deepcluster_v2 against literal references, edge cases and properties.
+
+The 2-process gloo check of gather=True (Sinkhorn normalised over the global batch) is in
+test_distributed_losses.py.
+"""
 
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from selfsup.losses import deepcluster_v2, sinkhorn_knopp, swav
 
@@ -177,53 +178,3 @@ def test_deepcluster_v2_bf16_batch_of_two():
     assert torch.isfinite(loss) and torch.isfinite(scores.grad.float()).all()
     with pytest.raises(ValueError, match="one assignment per head"):
         deepcluster_v2([scores, scores], [torch.tensor([1, 0])])
-
-
-# ---- distributed: 2 gloo ranks equal one process with the whole batch ---------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_worker(rank: int, port: int, crops: list[torch.Tensor], queue, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        half = crops[0].shape[0] // 2
-        local = [c[rank * half : (rank + 1) * half].clone().requires_grad_() for c in crops]
-        local_queue = tuple(q[rank * 3 : (rank + 1) * 3] for q in queue)
-        codes = sinkhorn_knopp(local[0].detach(), 0.05, 3, gather=True)
-        loss = swav(local[0], local[1], small_crop_scores=local[2:], queue_scores=local_queue, gather=True)
-        grads = torch.autograd.grad(loss, local)
-        # Plain arrays: tensors sent through a queue vanish with the process that shared them.
-        results.put((rank, codes.numpy(), loss.item(), [(g / 2).numpy() for g in grads]))  # DDP averages over ranks
-    finally:
-        dist.destroy_process_group()
-
-
-def test_sinkhorn_and_swav_two_ranks_equal_one_process():
-    crops = [cosine_scores(8, 5, seed=30 + v) for v in range(3)]
-    queue = (cosine_scores(6, 5, seed=40), cosine_scores(6, 5, seed=41))
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    port = _free_port()
-    workers = [context.Process(target=_rank_worker, args=(r, port, crops, queue, results)) for r in range(2)]
-    for w in workers:
-        w.start()
-    outputs = {r: (torch.from_numpy(c), torch.tensor(l, dtype=torch.float64), [torch.from_numpy(x) for x in g])
-               for r, c, l, g in (results.get(timeout=120) for _ in workers)}
-    for w in workers:
-        w.join(timeout=60)
-        assert w.exitcode == 0
-
-    # One process sees every rank's queue and batch; Sinkhorn does not depend on the order of samples.
-    whole = [c.clone().requires_grad_() for c in crops]
-    codes = sinkhorn_knopp(crops[0], 0.05, 3)
-    torch.testing.assert_close(torch.cat([outputs[0][0], outputs[1][0]]), codes)
-    losses = torch.stack([outputs[0][1], outputs[1][1]])
-    whole_loss = swav(whole[0], whole[1], small_crop_scores=whole[2:], queue_scores=queue)
-    torch.testing.assert_close(losses.mean(), whole_loss.detach())
-    for v, grad in enumerate(torch.autograd.grad(whole_loss, whole)):
-        torch.testing.assert_close(torch.cat([outputs[0][2][v], outputs[1][2][v]]), grad)
