@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.losses import adco
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.methods.moco import needs_shuffled_bn, shuffle_across_ranks, unshuffle_across_ranks
+from selfsup.methods.moco import momentum_keys, needs_shuffled_bn
 from selfsup.nn.heads import mlp
 from selfsup.nn.momentum import ema_update, momentum_copy
 
@@ -59,16 +59,11 @@ class AdCo(Method):
         self._keys = k
         return StepOutput(loss=loss, features=h, embeddings=(q, k))
 
-    @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
         """Keys of the momentum encoder, with the batch shuffled across ranks under DDP."""
         if self._shuffle is None:
             self._shuffle = self.shuffle_bn and needs_shuffled_bn(self.key_encoder)
-        shuffle = self._shuffle
-        if shuffle:
-            x, permutation = shuffle_across_ranks(x)
-        k = F.normalize(self.key_projector(self.key_encoder(x)), dim=1)
-        return unshuffle_across_ranks(k, permutation) if shuffle else k
+        return momentum_keys(self.key_encoder, self.key_projector, x, self._shuffle)
 
     def on_after_backward(self, step: int) -> None:
         if self._filling:

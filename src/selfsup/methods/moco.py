@@ -55,6 +55,15 @@ def needs_shuffled_bn(key_encoder: nn.Module) -> bool:
     return not any(isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm)) for m in key_encoder.modules())
 
 
+@torch.no_grad()
+def momentum_keys(key_encoder: nn.Module, key_projector: nn.Module, x: Tensor, shuffle: bool) -> Tensor:
+    """normalise(g_k(f_k(x))), computed on a batch shuffled across ranks when ``shuffle``."""
+    if shuffle:
+        x, permutation = shuffle_across_ranks(x)
+    k = F.normalize(key_projector(key_encoder(x)), dim=1)
+    return unshuffle_across_ranks(k, permutation) if shuffle else k
+
+
 class MoCo(Method):
     name = "moco"
     family = "contrastive"
@@ -85,16 +94,11 @@ class MoCo(Method):
         metrics = {"positive_cosine": (q.detach() * k).sum(1).mean().item()}
         return StepOutput(loss=loss, metrics=metrics, features=h, embeddings=(q, k))
 
-    @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
         """Keys of the momentum encoder, with the batch shuffled across ranks under DDP."""
         if self._shuffle is None:
             self._shuffle = self.shuffle_bn and needs_shuffled_bn(self.key_encoder)
-        shuffle = self._shuffle
-        if shuffle:
-            x, permutation = shuffle_across_ranks(x)
-        k = F.normalize(self.key_projector(self.key_encoder(x)), dim=1)
-        return unshuffle_across_ranks(k, permutation) if shuffle else k
+        return momentum_keys(self.key_encoder, self.key_projector, x, self._shuffle)
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         ema_update(self.key_encoder, self.encoder, self.momentum)
