@@ -111,7 +111,7 @@ def balanced_subset(data: ArrayDataset, size: int, seed: int = 0) -> ArrayDatase
                         data.view_preset)
 
 
-def settings(args: argparse.Namespace, method: str, pretrain: ArrayDataset) -> list[str]:
+def settings(args: argparse.Namespace, method: str) -> list[str]:
     """``--set`` assignments for this run: size, device, a warm-up scaled to the run, then the user's."""
     preset = methods.preset(method)["cifar"]
     preset_epochs = preset.get("train", {}).get("epochs", 100)
@@ -172,12 +172,12 @@ def run_one(
     row: dict[str, Any] = {
         "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "method": method, "pretrain images": f"{len(pretrain):,}",
-        "kNN/linear train split": f"{'full' if len(datasets.train) == 50_000 else 'subset'} {len(datasets.train):,}",
+        "kNN/linear train split": f"{'subset' if datasets.train is pretrain and args.train_subset else 'full'} {len(datasets.train):,}",
         "command": f"`{command_for(method, argv)}`",
     }
     start = time.perf_counter()
     try:
-        assignments = settings(args, method, pretrain)
+        assignments = settings(args, method)
         cfg = make_config(method, spec, pretrain, args.cache_dir, assignments=assignments)
         backbone = cfg["backbone"]
         row.update({
