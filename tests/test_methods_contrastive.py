@@ -244,6 +244,19 @@ def test_adco_starts_its_negatives_from_the_first_keys():
     assert int(method.filled) == 32 and not method._filling
 
 
+def test_adco_resumed_from_a_checkpoint_knows_its_negatives_are_filled():
+    method = tiny("adco")
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
+    views, labels = pool()
+    for step, start in enumerate((0, BATCH)):
+        idx = torch.arange(start, start + BATCH)
+        train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, step)
+    resumed = tiny("adco")
+    assert resumed._filling
+    resumed.load_state_dict(method.state_dict())
+    assert not resumed._filling and torch.equal(resumed.negatives, method.negatives)
+
+
 def test_adco_step_moves_negatives_up_the_loss_and_the_encoder_down():
     method = tiny("adco", negatives_lr=0.5)
     views, labels = pool()
