@@ -214,7 +214,7 @@ def build_views(cfg_views: dict[str, Any], channels: int, image_size: int, mean:
         if colour:
             raise ValueError(
                 f"view preset '{name}' needs 3-channel images ({', '.join(colour)}); the dataset has {channels} "
-                f"channel(s): choose views.preset=digits or set {'=0, '.join(colour)}=0"
+                f"channel(s): choose views.preset=digits or set " + ", ".join(f"views.{key}=0" for key in colour)
             )
     per_key = {key: _per_view(key, value, num_views) for key, value in settings.items()}
     specs = [ViewSpec(**{key: values[i] for key, values in per_key.items()}) for i in range(num_views)]
