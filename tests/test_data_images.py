@@ -146,7 +146,8 @@ def test_stl10_binary_folder_and_archive(tmp_path):
     rng = np.random.default_rng(2)
     folder = tmp_path / "a" / "stl10_binary"
     folder.mkdir(parents=True)
-    images = {s: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8) for s, n in (("train", 3), ("test", 2), ("unlabeled", 4))}
+    counts = {"train": 3, "test": 2, "unlabeled": 4}
+    images = {split: rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8) for split, n in counts.items()}
     for split, array in images.items():
         array.transpose(0, 1, 3, 2).tofile(folder / f"{split}_X.bin")  # column-major, as the original files
     np.array([1, 10, 3], np.uint8).tofile(folder / "train_y.bin")
@@ -164,7 +165,8 @@ def test_stl10_binary_folder_and_archive(tmp_path):
 
 def test_download_from_a_url_checks_the_md5(tmp_path, monkeypatch):
     fake_cifar(tmp_path / "src" / "cifar-10-batches-py")
-    archive = make_tar(tmp_path / "src" / "cifar-10-batches-py", tmp_path / "src" / "cifar-10-python.tar.gz", "cifar-10-batches-py")
+    folder = tmp_path / "src" / "cifar-10-batches-py"
+    archive = make_tar(folder, tmp_path / "src" / "cifar-10-python.tar.gz", "cifar-10-batches-py")
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     monkeypatch.setitem(download.ARCHIVES, "cifar10", download.Archive(archive.as_uri(), md5))
     data = load_dataset("cifar10", tmp_path / "root", "train", progress=False)

@@ -83,7 +83,9 @@ def _from_archive(archive: Path, fmt: CifarFormat, split: str, name: str):
             with tarfile.open(archive, "r:gz") as tar:
                 files = {Path(m.name).name: tar.extractfile(m).read() for m in tar if m.isfile()}
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            raise ValueError(f"{archive} is truncated or not a valid tar.gz ({err}); delete it and download again") from None
+            raise ValueError(
+                f"{archive} is truncated or not a valid tar.gz ({err}); delete it and download again"
+            ) from None
 
         def read(filename: str) -> bytes:
             if filename not in files:
@@ -106,7 +108,9 @@ def _from_folder(folder: Path, fmt: CifarFormat, split: str):
     return _assemble(read, fmt, split)
 
 
-def load_cifar(name: str, root: str | Path, split: str = "train", on_error: str = "stop", progress: bool = True) -> ArrayDataset:
+def load_cifar(
+    name: str, root: str | Path, split: str = "train", on_error: str = "stop", progress: bool = True
+) -> ArrayDataset:
     """A CIFAR split as uint8 [N, 3, 32, 32]; 'pretrain' is the training set."""
     fmt = FORMATS[name]
     root = Path(root).expanduser()

@@ -48,7 +48,8 @@ def download(url: str, destination: Path, md5: str, progress: bool = True) -> Pa
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {destination.name}", disable=not progress) as bar:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {destination.name}", disable=not progress)
+            with bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)

@@ -108,7 +108,9 @@ def _decode_all(
             array = _decode(read(), image_size)
         except (OSError, ValueError, SyntaxError) as err:
             if on_error == "stop":
-                raise ValueError(f"cannot read image {name} in {source} ({err}); remove it or use on_error='skip'") from None
+                raise ValueError(
+                    f"cannot read image {name} in {source} ({err}); remove it or use on_error='skip'"
+                ) from None
             skipped, first_bad = skipped + 1, first_bad or name
             continue
         if image_size is None:

@@ -80,7 +80,8 @@ def load_stl10(root: str | Path, split: str = "train", progress: bool = True) ->
 
         source, build = folder, lambda: _build(open_member, split)
     else:
-        source = next((p for p in (root / ARCHIVES["stl10"].filename, root / "stl10" / ARCHIVES["stl10"].filename) if p.is_file()), None)
+        archive = ARCHIVES["stl10"].filename
+        source = next((p for p in (root / archive, root / "stl10" / archive) if p.is_file()), None)
         source = source or fetch("stl10", root, progress)
 
         def build():
@@ -95,7 +96,9 @@ def load_stl10(root: str | Path, split: str = "train", progress: bool = True) ->
 
                     return _build(open_member, split)
             except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-                raise ValueError(f"{source} is truncated or not a valid tar.gz ({err}); delete it and download again") from None
+                raise ValueError(
+                    f"{source} is truncated or not a valid tar.gz ({err}); delete it and download again"
+                ) from None
 
     key = {"source": str(source.resolve()), "content": source_key(source), "split": split}
     arrays, meta = cached(f"stl10-{split}", key, build)
