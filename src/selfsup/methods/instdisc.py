@@ -62,7 +62,7 @@ class InstDisc(Method):
         )
         proximal = (v - previous).pow(2).sum(1).mean()
         self._pending = (indices, v.detach())
-        metrics = {"nce": nce_loss.item(), "proximal": proximal.item()}
+        metrics = {"nce": nce_loss.detach(), "proximal": proximal.detach()}  # tensors: no device sync per step
         return StepOutput(
             loss=nce_loss + self.proximal_weight * proximal, metrics=metrics, features=h, embeddings=(v, previous)
         )

@@ -91,7 +91,7 @@ class MoCo(Method):
         k = self.keys(views[1])
         loss = info_nce(q, k, negatives=self.queue.items, **self.cfg["loss"])
         self._keys = k
-        metrics = {"positive_cosine": (q.detach() * k).sum(1).mean().item()}
+        metrics = {"positive_cosine": (q.detach() * k).sum(1).mean()}  # a tensor: no device sync per step
         return StepOutput(loss=loss, metrics=metrics, features=h, embeddings=(q, k))
 
     def keys(self, x: Tensor) -> Tensor:
