@@ -216,9 +216,12 @@ def test_sequence_specs_are_routed_to_the_sequence_loaders(monkeypatch):
 
     calls = []
     monkeypatch.setattr(sequences, "load_ucr", lambda name, split, root: calls.append(("ucr", name, split)) or "ucr")
-    monkeypatch.setattr(sequences, "load_wav_folder", lambda path, split: calls.append(("wav", path, split)) or "wav")
-    assert load_dataset("ucr:GunPoint", "/r", "pretrain") == "ucr" and load_dataset("wav:/a/b", "/r", "test") == "wav"
-    assert calls == [("ucr", "GunPoint", "train"), ("wav", "/a/b", "test")]
+    monkeypatch.setattr(
+        sequences, "load_wav_folder", lambda path, split, on_error: calls.append(("wav", path, split, on_error)) or "wav"
+    )
+    assert load_dataset("ucr:GunPoint", "/r", "pretrain") == "ucr"
+    assert load_dataset("wav:/a/b", "/r", "test", on_error="skip") == "wav"
+    assert calls == [("ucr", "GunPoint", "train"), ("wav", "/a/b", "test", "skip")]
 
 
 def test_digits_pretrain_is_its_train_split():

@@ -59,5 +59,5 @@ def load_dataset(
     if kind == "wav" and arg:
         from selfsup.data.sequences import load_wav_folder
 
-        return load_wav_folder(arg, "train" if split == "pretrain" else split)
+        return load_wav_folder(arg, "train" if split == "pretrain" else split, on_error=on_error)
     raise ValueError(f"unknown dataset '{spec}'; use {SPECS}")
