@@ -1,7 +1,7 @@
 """AdCo (Hu et al. 2021): the negatives are parameters, trained adversarially against the encoder.
 
     q = normalise(g_q(f_q(x_1))),  k = normalise(g_k(f_k(x_2)))     momentum key encoder as in MoCo v2
-    L(q, k, N) = -log exp(q.k / t) / (sum_{k'} exp(q.k' / t) + sum_{n in N} exp(q.n / t))
+    L(q, k, N) = -log exp(q.k / t) / (exp(q.k / t) + sum_{n in N} exp(q.n / t))     N: [K, D], normalised
     encoder:    theta <- theta - lr * dL/dtheta                      (temperature t_pos)
     negatives:  N     <- N + lr_neg * dL/dN                          (temperature t_neg, ascent)
 
@@ -9,7 +9,8 @@
 -dL(t_neg)/dN, so one ordinary optimizer step descends for the encoder and ascends for the
 negatives, which have their own (constant) learning rate and no LARS. As in the authors'
 code (``ad_init``), the negatives start as the first keys the encoder produces; until they
-are all filled they are not trained.
+are all filled they are not trained. (The authors' code also counts the other keys of the
+batch as negatives; the paper's objective, used here, has only N.)
 """
 
 from __future__ import annotations
