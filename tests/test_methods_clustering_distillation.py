@@ -121,6 +121,7 @@ def test_simsiam_predictor_group_has_fixed_lr_and_every_parameter_once():
     groups = method.param_groups()
     predictor = [g for g in groups if g.get("name") == "predictor"]
     assert len(predictor) == 1 and predictor[0]["fixed_lr"] is True
+    assert predictor[0]["lr"] == pytest.approx(0.03 * 512 / 256)  # the CIFAR preset's initial lr, kept
     assert {id(p) for p in predictor[0]["params"]} == {id(p) for p in method.predictor.parameters()}
     listed = [id(p) for g in groups for p in g["params"]]
     assert len(listed) == len(set(listed)) == sum(1 for p in method.parameters() if p.requires_grad)
@@ -233,7 +234,7 @@ def no_plots(monkeypatch):
 
 @pytest.mark.parametrize("name", list(DIGITS_SETTINGS))
 def test_learns_on_digits_with_healthy_collapse_monitors(name, tmp_path, no_plots):
-    result = learns_on_digits(name, tmp_path, ["train.epochs=4"] + DIGITS_SETTINGS[name])
+    result = learns_on_digits(name, tmp_path, ["train.epochs=3"] + DIGITS_SETTINGS[name])
     assert result.knn_trained > result.knn_random_init + 0.15, (result.knn_trained, result.knn_random_init)
     monitors = result.last_epoch
     assert monitors["effective_rank"] > 4 and monitors["z_std_ratio"] > 0.15, monitors

@@ -60,6 +60,10 @@ class DeepClusterV2(Method):
         self.register_buffer("memory", torch.zeros(2, info.num_samples, dim))
         self.register_buffer("seen", torch.zeros(info.num_samples, dtype=torch.bool))
         self.register_buffer("assignments", torch.full((len(sizes), info.num_samples), -1, dtype=torch.long))
+        # Identical on every rank by construction: spare DDP's per-step broadcast of N-sized buffers.
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, ["memory", "seen", "assignments"]
+        )
         self._to_remember: tuple[Tensor, Tensor] | None = None
 
     @torch.no_grad()

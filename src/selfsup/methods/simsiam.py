@@ -42,12 +42,19 @@ class SimSiam(Method):
         return StepOutput(loss=loss, features=h[: x1.shape[0]], embeddings=(z1, z2))
 
     def param_groups(self) -> list[dict[str, Any]]:
-        """The default groups without the predictor, plus the predictor at a fixed learning rate."""
+        """The default groups without the predictor, plus the predictor at a fixed learning rate.
+
+        The paper fixes the predictor's lr at the initial lr, base_lr x B/256 (Sec. 4.1).
+        """
         predictor = {id(p) for p in self.predictor.parameters()}
         groups = []
         for group in super().param_groups():
             params = [p for p in group["params"] if id(p) not in predictor]
             if params:
                 groups.append({**group, "params": params})
-        groups.append({"params": list(self.predictor.parameters()), "name": "predictor", "fixed_lr": True})
+        optim = self.cfg["optim"]
+        scale = self.cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
+        groups.append(
+            {"params": list(self.predictor.parameters()), "name": "predictor", "fixed_lr": True, "lr": optim["lr"] * scale}
+        )
         return groups

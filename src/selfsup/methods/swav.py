@@ -48,6 +48,8 @@ class SwAV(Method):
         queue_length = head.get("queue_size", 0) // distributed.world_size()
         self.register_buffer("queue", torch.zeros(2, queue_length, dim))
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        # Per-rank state: DDP must not overwrite it with rank 0's copy (its buffer broadcast).
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["queue", "queue_filled"])
         self.frozen_steps = head.get("freeze_prototypes_epochs", 1) * info.steps_per_epoch
         self.epoch = 0
         self._to_enqueue: Tensor | None = None
