@@ -101,11 +101,14 @@ def deepcluster_v2(scores: Sequence[Tensor], assignments: Sequence[Tensor], temp
     assignment gives 0 with a zero gradient, never NaN).
     """
     if len(scores) != len(assignments):
-        raise ValueError(f"deepcluster_v2 needs one assignment per head: got {len(scores)} scores, {len(assignments)} assignments")
+        raise ValueError(
+            f"deepcluster_v2 needs one assignment per head: got {len(scores)} scores, {len(assignments)} assignments"
+        )
     losses = []
     for head_scores, head_assignments in zip(scores, assignments):
         known = head_assignments >= 0
         targets = torch.where(known, head_assignments, torch.full_like(head_assignments, -100))
-        summed = F.cross_entropy(_at_least_float32(head_scores) / temperature, targets, ignore_index=-100, reduction="sum")
+        logits = _at_least_float32(head_scores) / temperature
+        summed = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
         losses.append(summed / known.sum().clamp_min(1))
     return torch.stack(losses).mean()

@@ -41,7 +41,8 @@ class BYOL(Method):
         with torch.no_grad():
             t1, t2 = self.target_projector(self.target_encoder(x)).chunk(2)
         loss = (2 + 2 * negative_cosine(p1, t2)) + (2 + 2 * negative_cosine(p2, t1))
-        return StepOutput(loss=loss, metrics={"momentum": self.momentum}, features=h[: x1.shape[0]], embeddings=(z1, z2))
+        metrics = {"momentum": self.momentum}
+        return StepOutput(loss=loss, metrics=metrics, features=h[: x1.shape[0]], embeddings=(z1, z2))
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         head = self.cfg["head"]

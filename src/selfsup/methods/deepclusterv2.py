@@ -31,7 +31,9 @@ def spherical_kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) 
     returned assignments are those of the returned centroids.
     """
     if x.shape[0] < k:
-        raise ValueError(f"k-means with {k} clusters needs at least {k} samples, got {x.shape[0]}: lower head.num_prototypes")
+        raise ValueError(
+            f"k-means with {k} clusters needs at least {k} samples, got {x.shape[0]}: lower head.num_prototypes"
+        )
     centroids = x[torch.randperm(x.shape[0], generator=generator)[:k].to(x.device)]
     for iteration in range(iters + 1):
         assignments = torch.cat([(chunk @ centroids.T).argmax(dim=1) for chunk in x.split(65536)])
@@ -54,7 +56,10 @@ class DeepClusterV2(Method):
         head = cfg["head"]
         dim, sizes = head["proj_out_dim"], list(head["num_prototypes"])
         if max(sizes) > info.num_samples:
-            raise ValueError(f"deepclusterv2 cannot make {max(sizes)} clusters of {info.num_samples} samples: lower head.num_prototypes")
+            raise ValueError(
+                f"deepclusterv2 cannot make {max(sizes)} clusters of {info.num_samples} samples: "
+                "lower head.num_prototypes (e.g. --set 'head.num_prototypes=[100,100,100]')"
+            )
         self.projector = mlp(info.feature_dim, head["proj_hidden_dim"], dim, num_layers=2)
         self.heads = nn.ModuleList(Prototypes(dim, k) for k in sizes).requires_grad_(False)
         self.register_buffer("memory", torch.zeros(2, info.num_samples, dim))

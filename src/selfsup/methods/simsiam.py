@@ -54,7 +54,6 @@ class SimSiam(Method):
                 groups.append({**group, "params": params})
         optim = self.cfg["optim"]
         scale = self.cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
-        groups.append(
-            {"params": list(self.predictor.parameters()), "name": "predictor", "fixed_lr": True, "lr": optim["lr"] * scale}
-        )
+        predictor_group = {"params": list(self.predictor.parameters()), "name": "predictor", "fixed_lr": True}
+        groups.append({**predictor_group, "lr": optim["lr"] * scale})
         return groups

@@ -35,5 +35,7 @@ class Prototypes(nn.Module):
     def set_(self, centroids: Tensor) -> None:
         """Replace the prototypes by ``centroids`` [K, dim], normalised."""
         if centroids.shape != self.weight.shape:
-            raise ValueError(f"centroids of shape {tuple(centroids.shape)} do not fit prototypes {tuple(self.weight.shape)}")
+            raise ValueError(
+                f"centroids of shape {tuple(centroids.shape)} do not fit prototypes of shape {tuple(self.weight.shape)}"
+            )
         self.weight.copy_(F.normalize(centroids.to(self.weight.dtype), dim=1))
