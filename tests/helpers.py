@@ -24,6 +24,7 @@ DIGITS_SMALL = [
     "eval.every=0",
     "eval.knn_k=20",
     "eval.linear_epochs=30",
+    "eval.plots=false",
 ]
 
 

@@ -10,7 +10,7 @@ from selfsup.train.checkpoint import atomic_write, load_checkpoint, save_checkpo
 from selfsup.train.trainer import fit
 from tests.helpers import DIGITS_SMALL, digits, learns_on_digits
 
-TINY = DIGITS_SMALL + ["backbone.width=4", "train.epochs=3", "eval.every=2", "eval.linear_epochs=5"]
+TINY = DIGITS_SMALL + ["backbone.width=4", "train.epochs=3", "eval.every=2", "eval.linear_epochs=5", "eval.plots=true"]
 
 
 def test_run_folder_holds_everything_of_the_contract(tmp_path):

@@ -105,7 +105,7 @@ class Method(nn.Module):
 
         Labels < 0 (unlabelled samples) are ignored; with none labelled both are 0.
         """
-        logits = self.probe(features.detach().float())
+        logits = self.probe(features.detach().to(self.probe.weight.dtype))
         known = (labels >= 0).float()
         per_sample = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")
         count = known.sum().clamp_min(1.0)

@@ -45,9 +45,11 @@ class SwAV(Method):
         self.projector = mlp(info.feature_dim, head["proj_hidden_dim"], dim, num_layers=2)
         self.prototypes = Prototypes(dim, head["num_prototypes"])
         # Each rank keeps its share of the queue, as in the paper's code; Sinkhorn balances over all ranks.
+        # The queue is a cache of recent features, not checkpointed: after a resume (with any number of
+        # processes) it refills within queue_size / batch_size steps.
         queue_length = head.get("queue_size", 0) // distributed.world_size()
-        self.register_buffer("queue", torch.zeros(2, queue_length, dim))
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue", torch.zeros(2, queue_length, dim), persistent=False)
+        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
         # Per-rank state: DDP must not overwrite it with rank 0's copy (its buffer broadcast).
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["queue", "queue_filled"])
         self.frozen_steps = head.get("freeze_prototypes_epochs", 1) * info.steps_per_epoch

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "scale_lr": True,
         "weight_decay": 1e-6,
         "momentum": 0.9,
-        "lars_eta": 0.02,
+        "lars_eta": 0.001,  # trust coefficient of You et al. 2017, SimCLR and BYOL; solo-learn's presets use 0.02
         "warmup_epochs": 10,
         "min_lr_ratio": 0.0,
         "probe_lr": 0.1,
@@ -36,13 +36,15 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 256,
         "seed": 0,
         "device": "auto",
-        "precision": "auto",  # bf16 autocast on CUDA, fp32 on CPU
+        "precision": "auto",  # bf16 autocast on CUDA, fp32 on CPU; fp64 for exactness checks
         "compile": False,
         "channels_last": "auto",
         "checkpoint_every": 1,
+        "sync_batchnorm": True,  # under DDP: batch statistics over the global batch (MoCo uses shuffled BN instead)
+        "find_unused_parameters": False,
         "progress": True,
     },
-    "eval": {"every": 10, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4},
+    "eval": {"every": 10, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4, "plots": True},
 }
 
 

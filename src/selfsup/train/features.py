@@ -27,16 +27,17 @@ def extract_features(
     batch_size: int = 512,
     bf16: bool = False,
     channels_last: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """The encoder's representation of every sample of ``dataset``, [N, D] float32 on ``device``."""
     was_training = encoder.training
     encoder.eval()
     outputs = []
     for start in range(0, len(dataset), batch_size):
-        x = normalize_batch(dataset.data[start : start + batch_size].to(device, non_blocking=True), dataset)
+        x = normalize_batch(dataset.data[start : start + batch_size].to(device, non_blocking=True), dataset).to(dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs.append(encoder(x).float())
+            outputs.append(encoder(x).to(dtype))
     encoder.train(was_training)
     return torch.cat(outputs)

@@ -39,9 +39,12 @@ def write_outputs(
     history: list[dict[str, Any]],
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
+    plots: bool = True,
 ) -> None:
     save_encoder(encoder, out / "encoder.safetensors")
     write_json(out / "summary.json", summary)
+    if not plots:
+        return
     title = f"{summary['method']} on {summary['data']}"
     plot_curves(history, out / "curves.png", title)
     plot_embedding_map(

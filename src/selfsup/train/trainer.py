@@ -19,6 +19,7 @@ from selfsup.data.views import build_views
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_probe_top1
 from selfsup.evaluate.monitors import collapse_monitors
+from selfsup.nn.sync_bn import convert_to_global_batchnorm
 from selfsup.train import report
 from selfsup.train.checkpoint import load_checkpoint, save_checkpoint
 from selfsup.train.config import dump
@@ -88,18 +89,24 @@ class Trainer:
         validate(cfg, datasets.pretrain, self.world)
         self.device = resolve_device(train["device"])
         on_gpu = self.device.type == "cuda"
+        if train["precision"] not in ("auto", "bf16", "fp32", "fp64"):
+            raise ValueError(f"unknown train.precision '{train['precision']}'; use auto, bf16, fp32 or fp64")
         self.bf16 = train["precision"] == "bf16" or (train["precision"] == "auto" and on_gpu)
+        self.dtype = torch.float64 if train["precision"] == "fp64" else torch.float32
         self.channels_last = on_gpu and datasets.pretrain.kind == "image" and train["channels_last"] in ("auto", True)
         self.batch_size = train["batch_size"]
-        self.local_batch = self.batch_size // self.world
         self.steps_per_epoch = len(datasets.pretrain) // self.batch_size
         self.total_steps = self.steps_per_epoch * train["epochs"]
 
         seed_everything(train["seed"])
-        self.method = build_method(cfg, datasets.pretrain, self.steps_per_epoch, encoder).to(self.device)
+        self.method = build_method(cfg, datasets.pretrain, self.steps_per_epoch, encoder).to(self.device, self.dtype)
+        if distributed.is_distributed() and train["sync_batchnorm"]:
+            self.method = convert_to_global_batchnorm(self.method, on_gpu)
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.encoder = self.method.encoder
+        if train["compile"]:
+            self.encoder.compile()
         self.views = build_views(
             cfg["views"], datasets.pretrain.channels, datasets.pretrain.input_size,
             datasets.pretrain.mean, datasets.pretrain.std,
@@ -115,10 +122,13 @@ class Trainer:
     def _wrap(self, method: nn.Module) -> nn.Module:
         if not distributed.is_distributed():
             return method
-        if self.cfg["train"].get("sync_batchnorm", True):
-            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=True)
+        cuda = self.device.type == "cuda"
+        # Buffers are not broadcast each step: global batch norm keeps statistics equal on all ranks,
+        # and queues / memory banks are written from gathered batches, identically everywhere.
+        return nn.parallel.DistributedDataParallel(
+            method, device_ids=[self.device.index] if cuda else None, broadcast_buffers=False,
+            find_unused_parameters=self.cfg["train"]["find_unused_parameters"],
+        )
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -195,7 +205,7 @@ class Trainer:
         batch = self.pretrain_data[indices.to(self.pretrain_data.device)].to(self.device, non_blocking=True)
         labels = self.pretrain_labels[indices]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            views = self.views(batch)
+            views = [v.to(self.dtype) for v in self.views(batch)]
             if self.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             out = self.model(views, labels, indices)
@@ -219,7 +229,7 @@ class Trainer:
         return bool(every) and ((self.epoch + 1) % every == 0 or self.epoch + 1 == self.cfg["train"]["epochs"])
 
     def features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        kwargs = {"device": self.device, "bf16": self.bf16, "channels_last": self.channels_last}
+        kwargs = {"device": self.device, "bf16": self.bf16, "channels_last": self.channels_last, "dtype": self.dtype}
         return (
             extract_features(self.encoder, self.datasets.train, **kwargs),
             extract_features(self.encoder, self.datasets.test, **kwargs),
@@ -273,7 +283,7 @@ class Trainer:
             "images_per_s": sum(r["images_per_s"] for r in self.history) / max(len(self.history), 1),
         }
         if distributed.is_main():
-            report.write_outputs(self.out, self.encoder, summary, self.history, test_f, test_y)
+            report.write_outputs(self.out, self.encoder, summary, self.history, test_f, test_y, ev["plots"])
         distributed.barrier()
         return summary
 
