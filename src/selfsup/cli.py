@@ -53,10 +53,15 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from selfsup.train.bench import bench
 
-    print(json.dumps(bench(
+    result = bench(
         args.method, args.backbone, args.batch_size, args.steps, image_size=args.image_size,
         device=args.device, assignments=args.set,
-    )))
+    )
+    print(json.dumps(result))
+    if args.vs_backbone:
+        print(f"{args.method}: overhead {result['overhead']:.3f} x the bare {args.backbone} "
+              f"({result['step_ms']:.1f} ms per step vs {result['backbone_ms']:.1f} ms, {result['device']}, "
+              f"{result['precision']})")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -106,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--image-size", type=int, default=32)
     bench.add_argument("--device", default="auto")
     bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--vs-backbone", action="store_true", help="also print the overhead ratio as a sentence")
     bench.set_defaults(fn=_cmd_bench)
 
     demo = sub.add_parser("demo", help="SimCLR on digits on CPU in about a minute")

@@ -1,4 +1,4 @@
-"""Optimizers: LARS (You et al. 2017) with SimCLR/BYOL's exclusions, SGD and AdamW.
+"""Optimizers: LARS (You et al. 2017) with SimCLR/BYOL's exclusions, SGD and AdamW (fused kernels on CUDA).
 
 Learning rates in the config are per 256 images (Goyal et al. 2017's linear scaling)
 when ``optim.scale_lr`` is true: lr = lr_config * batch_size / 256.
@@ -73,8 +73,10 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: dict[str, Any], batch_siz
         param_groups.append(g)
     if name == "lars":
         return LARS(param_groups, lr=cfg["lr"], momentum=cfg["momentum"], eta=cfg.get("lars_eta", 0.02))
+    fused = all(p.is_cuda for g in param_groups for p in g["params"])
     if name == "sgd":
-        return torch.optim.SGD(param_groups, lr=cfg["lr"], momentum=cfg["momentum"])
+        return torch.optim.SGD(param_groups, lr=cfg["lr"], momentum=cfg["momentum"], fused=fused or None)
     if name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg["lr"], betas=tuple(cfg.get("betas", (0.9, 0.999))))
+        betas = tuple(cfg.get("betas", (0.9, 0.999)))
+        return torch.optim.AdamW(param_groups, lr=cfg["lr"], betas=betas, fused=fused or None)
     raise ValueError(f"unknown optimizer '{name}'; use optim.name=lars, sgd or adamw")
