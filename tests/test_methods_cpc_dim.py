@@ -22,14 +22,6 @@ from selfsup.nn.resnet import resnet18
 from selfsup.nn.sequence import conv_gru
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and avoids oversubscribing shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))

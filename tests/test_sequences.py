@@ -37,14 +37,6 @@ MULTIVARIATE = """@problemName TinyMulti
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest, and avoids oversubscribing shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _write(path, text):
     path.write_text(text)

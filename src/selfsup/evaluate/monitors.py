@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.losses import alignment, uniformity
+
 
 @torch.no_grad()
 def effective_rank(z: Tensor) -> float:
@@ -35,11 +37,10 @@ def collapse_monitors(z1: Tensor, z2: Tensor) -> dict[str, float]:
     n2 = F.normalize(z2.float(), dim=1)
     d = n1.shape[1]
     z_std = n1.std(0).mean().item() if len(n1) > 1 else 0.0
-    squared_distances = torch.pdist(n1).square()
     return {
         "z_std": z_std,
         "z_std_ratio": z_std * math.sqrt(d),
         "effective_rank": effective_rank(z1),
-        "alignment": (n1 - n2).norm(dim=1).square().mean().item(),
-        "uniformity": squared_distances.mul(-2).exp().mean().log().item() if len(n1) > 1 else 0.0,
+        "alignment": alignment(n1, n2).item(),
+        "uniformity": uniformity(n1).item() if len(n1) > 1 else 0.0,
     }
