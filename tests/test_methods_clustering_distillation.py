@@ -13,6 +13,7 @@ from selfsup.methods.base import RunInfo
 from selfsup.methods.deepclusterv2 import spherical_kmeans
 from selfsup.nn.momentum import cosine_momentum
 from selfsup.nn.resnet import resnet18
+from selfsup.train.optim import build_optimizer
 from tests.helpers import learns_on_digits
 
 BATCH, SIDE = 8, 16
@@ -208,6 +209,38 @@ def test_deepclusterv2_memory_assignments_and_prototypes_agree():
         method(fixed_views())
 
 
+def test_deepclusterv2_memory_filling_epoch_leaves_the_network_untouched():
+    """Epoch 0 only fills the memory (the paper's forward-only pass): its zero loss must not reach the optimizer.
+
+    With the preset's LARS and weight decay, a zero loss still moves every weight: the trust ratio turns the
+    decay-only gradient into a shrink by lr x eta per step, which scaled the network by ~1e-5 in one CIFAR
+    epoch and collapsed it.
+    """
+    method = build("deepclusterv2", steps_per_epoch=2, num_samples=2 * BATCH)
+    optimizer = build_optimizer(method.param_groups(), {**method.cfg["optim"], "momentum": 0.9}, 256)
+    batches = [(fixed_views(seed=s), torch.arange(i * BATCH, (i + 1) * BATCH)) for i, s in enumerate((1, 2))]
+
+    def step(views, indices):
+        out = method(views, None, indices)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        method.on_after_backward(0)
+        optimizer.step()
+        method.on_step_end(0, 10)
+        return out
+
+    initial = copy.deepcopy(dict(method.named_parameters()))
+    method.on_epoch_start(0)
+    assert all(step(*batch).loss.item() == 0.0 for batch in batches + batches)
+    for name, parameter in method.named_parameters():
+        assert torch.equal(parameter, initial[name]), name
+    method.on_epoch_start(1)
+    assert step(*batches[0]).loss > 0
+    assert not torch.equal(method.projector[0].weight, initial["projector.0.weight"])
+    method.on_epoch_start(2)  # only the first batch was seen in epoch 1: the memory holds one epoch, as in the paper
+    assert (method.assignments[:, :BATCH] >= 0).all() and (method.assignments[:, BATCH:] == -1).all()
+
+
 def test_deepclusterv2_refuses_more_prototypes_than_samples():
     with pytest.raises(ValueError, match="num_prototypes"):
         build("deepclusterv2", num_samples=4)
@@ -219,7 +252,10 @@ DIGITS_SETTINGS = {  # heads shrunk to the 8-channel encoder; clusters fewer tha
     "byol": ["head.proj_hidden_dim=256", "head.pred_hidden_dim=256", "head.proj_out_dim=64"],
     "simsiam": ["head.proj_hidden_dim=256", "head.proj_out_dim=256", "head.pred_hidden_dim=64"],
     "swav": ["head.proj_hidden_dim=256", "head.num_prototypes=100", "head.freeze_prototypes_epochs=1"],
-    "deepclusterv2": ["head.proj_hidden_dim=256", "head.num_prototypes=[40,40,40]"],
+    # The preset's LARS at its full lr 0.6 from the first step, 39 steps an epoch: enough steps in the memory-filling
+    # epoch for a zero loss with weight decay to collapse the network if it reached the optimizer (z_std_ratio 0.10).
+    "deepclusterv2": ["head.proj_hidden_dim=256", "head.num_prototypes=[40,40,40]", "train.batch_size=32",
+                      "optim.scale_lr=false", "optim.warmup_epochs=0"],
 }
 
 
@@ -238,3 +274,4 @@ def test_learns_on_digits_with_healthy_collapse_monitors(name, tmp_path, no_plot
     assert result.knn_trained > result.knn_random_init + 0.15, (result.knn_trained, result.knn_random_init)
     monitors = result.last_epoch
     assert monitors["effective_rank"] > 4 and monitors["z_std_ratio"] > 0.15, monitors
+    assert monitors["loss"] != 0, monitors  # DeepCluster v2: a loss of 0 would mean no k-means assignments

@@ -5,7 +5,12 @@
       projections (global crop h mod 2, as last seen); prototypes C_h <- centroids, a_h <- assignments
     L = 1/H sum_h CE(z C_h^T / tau, a_h)             every crop predicts its image's cluster
 The prototypes are never trained (the paper freezes them for the whole run). Epoch 0 fills the
-memory (the paper's initial pass over the data): it has no assignments yet, so its loss is 0.
+memory (the paper's initial forward-only pass over the data): it has no assignments yet, so its loss
+is 0 and the network's gradients are dropped, so the optimizer leaves it untouched. (A zero loss is
+not enough: its gradient is weight decay alone, which LARS's trust ratio turns into a shrink of every
+weight by lr x eta per step, whatever the decay; one epoch at lr 0.6 scaled the weights by ~1e-5,
+below batch norm's epsilon, and every input then gave the same projection.) Only the samples seen
+in an epoch are clustered and trained on in the next, as the paper's memory holds one epoch.
 """
 
 from __future__ import annotations
@@ -70,10 +75,12 @@ class DeepClusterV2(Method):
             self, ["memory", "seen", "assignments"]
         )
         self._to_remember: tuple[Tensor, Tensor] | None = None
+        self._filling_memory = True
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int) -> None:
-        if not bool(self.seen.any()):
+        self._filling_memory = not bool(self.seen.any())
+        if self._filling_memory:
             return
         rows = self.seen.nonzero().squeeze(1)
         generator = torch.Generator().manual_seed(epoch)  # same start on every rank: the memory is identical
@@ -84,6 +91,12 @@ class DeepClusterV2(Method):
             )
             prototypes.set_(centroids)
             self.assignments[h, rows] = assigned
+        self.seen.fill_(False)
+
+    def on_after_backward(self, step: int) -> None:
+        if self._filling_memory:
+            for p in [*self.encoder.parameters(), *self.projector.parameters()]:
+                p.grad = None
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
         if indices is None:
