@@ -10,7 +10,8 @@ from selfsup.train.checkpoint import atomic_write, load_checkpoint, save_checkpo
 from selfsup.train.trainer import fit
 from tests.helpers import DIGITS_SMALL, digits, learns_on_digits
 
-TINY = DIGITS_SMALL + ["backbone.width=4", "train.epochs=3", "eval.every=2", "eval.linear_epochs=5", "eval.plots=true"]
+TINY = DIGITS_SMALL + ["backbone.width=4", "train.epochs=3", "eval.every=2", "eval.linear_every=2",
+                      "eval.linear_epochs=5", "eval.plots=true"]
 
 
 def test_run_folder_holds_everything_of_the_contract(tmp_path):
@@ -24,6 +25,7 @@ def test_run_folder_holds_everything_of_the_contract(tmp_path):
     for key in ["loss", "lr", "images_per_s", "z_std", "z_std_ratio", "effective_rank", "alignment", "uniformity"]:
         assert all(key in r for r in records), key
     assert [("knn_top1" in r) for r in records] == [False, True, True]
+    assert [("linear_top1" in r) for r in records] == [False, True, True]
     on_disk = json.loads((run / "summary.json").read_text())
     assert set(on_disk) >= {"knn_top1", "linear_top1", "wall_s", "images_per_s"}
     assert on_disk == pytest.approx(summary)

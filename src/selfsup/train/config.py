@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "find_unused_parameters": False,
         "progress": True,
     },
-    "eval": {"every": 10, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4, "plots": True},
+    "eval": {"every": 10, "linear_every": 0, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4, "plots": True},
 }
 
 

@@ -143,8 +143,8 @@ class Trainer:
         last = epochs if stop_after_epoch is None else min(epochs, stop_after_epoch)
         while self.epoch < last:
             record = self._train_epoch()
-            if self._eval_due():
-                record["knn_top1"] = self.knn()
+            if self._due(self.cfg["eval"]["every"]):
+                record.update(self.evaluate(linear=self._due(self.cfg["eval"]["linear_every"]))[0])
             self._log(record)
             self.epoch += 1
             if self.epoch % self.cfg["train"]["checkpoint_every"] == 0 or self.epoch == epochs:
@@ -224,24 +224,21 @@ class Trainer:
 
     # ---- evaluation --------------------------------------------------------------------------------
 
-    def _eval_due(self) -> bool:
-        every = self.cfg["eval"]["every"]
+    def _due(self, every: int) -> bool:
+        """Every ``every`` epochs and at the last one; never when ``every`` is 0."""
         return bool(every) and ((self.epoch + 1) % every == 0 or self.epoch + 1 == self.cfg["train"]["epochs"])
 
-    def features(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluate(self, linear: bool) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """kNN (and, if asked, linear-probe) top-1 of the current encoder, with the test features and labels."""
         kwargs = {"device": self.device, "bf16": self.bf16, "channels_last": self.channels_last, "dtype": self.dtype}
-        return (
-            extract_features(self.encoder, self.datasets.train, **kwargs),
-            extract_features(self.encoder, self.datasets.test, **kwargs),
-        )
-
-    def knn(self) -> float:
-        train_f, test_f = self.features()
+        train_f = extract_features(self.encoder, self.datasets.train, **kwargs)
+        test_f = extract_features(self.encoder, self.datasets.test, **kwargs)
+        train_y, test_y = self.datasets.train.labels.to(self.device), self.datasets.test.labels.to(self.device)
         ev = self.cfg["eval"]
-        return knn_top1(
-            train_f, self.datasets.train.labels.to(self.device), test_f, self.datasets.test.labels.to(self.device),
-            k=ev["knn_k"], temperature=ev["knn_t"],
-        )
+        scores = {"knn_top1": knn_top1(train_f, train_y, test_f, test_y, k=ev["knn_k"], temperature=ev["knn_t"])}
+        if linear:
+            scores["linear_top1"] = linear_probe_top1(train_f, train_y, test_f, test_y, iterations=ev["linear_epochs"])
+        return scores, test_f, test_y
 
     # ---- run folder ---------------------------------------------------------------------------------
 
@@ -270,20 +267,17 @@ class Trainer:
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
 
     def _finish(self) -> dict[str, Any]:
-        train_f, test_f = self.features()
-        ev = self.cfg["eval"]
-        train_y, test_y = self.datasets.train.labels.to(self.device), self.datasets.test.labels.to(self.device)
+        scores, test_f, test_y = self.evaluate(linear=True)
         summary = {
             "method": self.cfg["method"],
             "data": self.cfg["data"]["spec"],
             "epochs": self.epoch,
-            "knn_top1": knn_top1(train_f, train_y, test_f, test_y, k=ev["knn_k"], temperature=ev["knn_t"]),
-            "linear_top1": linear_probe_top1(train_f, train_y, test_f, test_y, iterations=ev["linear_epochs"]),
+            **scores,
             "wall_s": sum(r["epoch_s"] for r in self.history),
             "images_per_s": sum(r["images_per_s"] for r in self.history) / max(len(self.history), 1),
         }
         if distributed.is_main():
-            report.write_outputs(self.out, self.encoder, summary, self.history, test_f, test_y, ev["plots"])
+            report.write_outputs(self.out, self.encoder, summary, self.history, test_f, test_y, self.cfg["eval"]["plots"])
         distributed.barrier()
         return summary
 
