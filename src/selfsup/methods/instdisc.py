@@ -2,13 +2,26 @@
 
     v = normalise(W f(x))                                       128-d embedding of the image i
     P(i | v) = exp(v_i . v / tau) / Z                           v_i: image i's entry in the memory bank
-    Z = N * mean_j exp(v_j . v / tau)                           estimated once, on the first batch's noise
+    Z = N * mean_j exp(v_j . v / tau)                           the paper's Monte Carlo estimate over the k noise entries
     h(i, v) = P(i | v) / (P(i | v) + k P_n),  P_n = 1/N         NCE posterior that v came from the data
     L = -log h(i, v) - sum_{j ~ P_n, k of them} log(1 - h(j, v)) + lambda ||v - v_i||^2
     after the step: v_i <- normalise(m v_i + (1 - m) v)
 
 The last term is the proximal regularisation of Sec. 3.4: it keeps the embedding of an
 image near its previous value, which damps the oscillation of the NCE objective.
+
+Z is a constant of the loss (no gradient). The paper notes that freezing it at the value
+of the initial batches works in practice (``head.partition_estimate: first_batch``, the
+authors' code). That value is measured against the random unit vectors the bank starts
+with; once the bank holds the network's own, far from uniform, embeddings the true Z is
+orders of magnitude larger (log Z 7.5 at the first step, 14 in epoch 2 on digits), so a frozen Z
+overestimates every P(j | v) by that factor, the noise posteriors saturate at h = 1 and
+the noise term pushes each embedding away from the bank with a force up to k times that of
+the data term. The embeddings then flee their own bank entries (proximal term stuck at 2,
+NCE rising, collapse) whenever the bank is rewritten before the features have spread,
+as in short or small-data runs. ``every_step`` (the default) re-estimates Z from each
+step's noise with the same formula.
+
 One view per image is used; the bank entry plays the role of the second view. The k noise
 entries are drawn once per step and shared by the batch: each sample still sees k uniform
 draws (the same estimator), at the cost of one [B, D] x [D, k] product instead of a
@@ -16,6 +29,8 @@ draws (the same estimator), at the cost of one [B, D] x [D, k] product instead o
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +57,11 @@ class InstDisc(Method):
         self.bank_momentum = head["bank_momentum"]
         self.proximal_weight = head["proximal_weight"]
         self.temperature = cfg["loss"]["temperature"]
+        self.partition_estimate = head["partition_estimate"]
+        if self.partition_estimate not in ("every_step", "first_batch"):
+            raise ValueError(
+                f"unknown head.partition_estimate '{self.partition_estimate}'; use every_step or first_batch"
+            )
         self.register_buffer("log_partition", torch.tensor(float("nan")))  # log Z; NaN until estimated
         self._pending: tuple[Tensor, Tensor] | None = None
         self._partition_known = False  # avoids reading ``log_partition`` back from the device every step
@@ -62,17 +82,20 @@ class InstDisc(Method):
         )
         proximal = (v - previous).pow(2).sum(1).mean()
         self._pending = (indices, v.detach())
-        metrics = {"nce": nce_loss.detach(), "proximal": proximal.detach()}  # tensors: no device sync per step
+        metrics = {  # tensors: no device sync per step
+            "nce": nce_loss.detach(), "proximal": proximal.detach(), "log_partition": log_partition.clone(),
+        }
         return StepOutput(
             loss=nce_loss + self.proximal_weight * proximal, metrics=metrics, features=h, embeddings=(v, previous)
         )
 
     @torch.no_grad()
     def estimate_log_partition(self, noise_logits: Tensor) -> Tensor:
-        """log Z with Z = N * E_j[exp(v_j . v / tau)] from the first batch, then frozen (the authors' choice)."""
-        if not self._partition_known and bool(self.log_partition.isnan()):
-            partition = noise_logits.exp().mean() * self.bank.num_samples
-            self.log_partition.copy_(distributed.all_reduce_mean(partition).log())
+        """log Z with Z = N * E_j[exp(v_j . v / tau)] over this step's noise (all ranks), or frozen at its first value."""
+        frozen = self.partition_estimate == "first_batch"
+        if not (frozen and (self._partition_known or not bool(self.log_partition.isnan()))):
+            mean_exp = distributed.all_reduce_mean(noise_logits.exp().mean())
+            self.log_partition.copy_(mean_exp.log() + math.log(self.bank.num_samples))
         self._partition_known = True
         return self.log_partition
 
