@@ -38,14 +38,6 @@ TINY_HEADS = {
 CONTRASTIVE = sorted(TINY_HEADS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from intra-op threads; on a shared 2-core machine they only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny(name: str, **head) -> methods.Method:
     torch.manual_seed(0)
