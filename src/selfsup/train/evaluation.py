@@ -1,4 +1,4 @@
-"""Evaluate or apply a finished run's encoder: ``selfsup eval`` and ``selfsup embed``."""
+"""Scoring encoders (kNN, linear probe) during and after training: ``selfsup eval`` and ``selfsup embed``."""
 
 from __future__ import annotations
 
@@ -40,14 +40,9 @@ def evaluate_run(run: str | Path, protocol: str = "all") -> dict[str, float]:
     device = resolve_device(cfg["train"]["device"])
     encoder.to(device)
     datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"])
-    results: dict[str, float] = {}
-    if protocol in ("knn", "all"):
-        results["knn_top1"] = encoder_knn(encoder, datasets, cfg, device)
-    if protocol in ("linear", "all"):
-        train_f = extract_features(encoder, datasets.train, device)
-        test_f = extract_features(encoder, datasets.test, device)
-        train_y, test_y = datasets.train.labels.to(device), datasets.test.labels.to(device)
-        results["linear_top1"] = linear_probe_top1(train_f, train_y, test_f, test_y, cfg["eval"]["linear_epochs"])
+    results, _, _ = score_encoder(
+        encoder, datasets, cfg, device, knn=protocol in ("knn", "all"), linear=protocol in ("linear", "all")
+    )
     summary_path = Path(run) / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     write_json(summary_path, {**summary, **results})
@@ -65,18 +60,34 @@ def embed(run: str | Path, data: str, out: str | Path, split: str = "test", data
     return features.shape
 
 
-def encoder_knn(encoder: nn.Module, datasets, cfg: dict[str, Any], device: torch.device) -> float:
-    """Held-out kNN top-1 of any encoder on ``datasets`` (train split as memory, test split as queries)."""
-    train_f = extract_features(encoder, datasets.train, device)
-    test_f = extract_features(encoder, datasets.test, device)
-    return knn_top1(
-        train_f, datasets.train.labels.to(device), test_f, datasets.test.labels.to(device),
-        k=cfg["eval"]["knn_k"], temperature=cfg["eval"]["knn_t"],
-    )
+def score_encoder(
+    encoder: nn.Module,
+    datasets,
+    cfg: dict[str, Any],
+    device: torch.device,
+    knn: bool = True,
+    linear: bool = False,
+    **feature_options: Any,
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Held-out kNN and/or linear-probe top-1 of any encoder on ``datasets`` (train split fits, test split scores).
+
+    The features of each split are extracted once; also returns the test features and labels.
+    ``feature_options`` go to ``extract_features`` (bf16, channels_last, dtype).
+    """
+    train_f = extract_features(encoder, datasets.train, device, **feature_options)
+    test_f = extract_features(encoder, datasets.test, device, **feature_options)
+    train_y, test_y = datasets.train.labels.to(device), datasets.test.labels.to(device)
+    ev = cfg["eval"]
+    scores: dict[str, float] = {}
+    if knn:
+        scores["knn_top1"] = knn_top1(train_f, train_y, test_f, test_y, k=ev["knn_k"], temperature=ev["knn_t"])
+    if linear:
+        scores["linear_top1"] = linear_probe_top1(train_f, train_y, test_f, test_y, iterations=ev["linear_epochs"])
+    return scores, test_f, test_y
 
 
 def random_init_knn(cfg: dict[str, Any], datasets, device: torch.device) -> float:
     """kNN of the encoder a run with ``cfg`` starts from (same seed, same construction order)."""
     seed_everything(cfg["train"]["seed"])
     encoder = build_backbone(cfg["backbone"], datasets.train.channels, datasets.train.input_size).to(device)
-    return encoder_knn(encoder, datasets, cfg, device)
+    return score_encoder(encoder, datasets, cfg, device)[0]["knn_top1"]

@@ -16,14 +16,12 @@ from tqdm import tqdm
 
 from selfsup import distributed
 from selfsup.data.views import build_views
-from selfsup.evaluate.knn import knn_top1
-from selfsup.evaluate.linear import linear_probe_top1
 from selfsup.evaluate.monitors import collapse_monitors
 from selfsup.nn.sync_bn import convert_to_global_batchnorm
 from selfsup.train import report
 from selfsup.train.checkpoint import load_checkpoint, save_checkpoint
 from selfsup.train.config import dump
-from selfsup.train.features import extract_features
+from selfsup.train.evaluation import score_encoder
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedule import apply_lr, warmup_cosine
 from selfsup.train.setup import (
@@ -230,15 +228,10 @@ class Trainer:
 
     def evaluate(self, linear: bool) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
         """kNN (and, if asked, linear-probe) top-1 of the current encoder, with the test features and labels."""
-        kwargs = {"device": self.device, "bf16": self.bf16, "channels_last": self.channels_last, "dtype": self.dtype}
-        train_f = extract_features(self.encoder, self.datasets.train, **kwargs)
-        test_f = extract_features(self.encoder, self.datasets.test, **kwargs)
-        train_y, test_y = self.datasets.train.labels.to(self.device), self.datasets.test.labels.to(self.device)
-        ev = self.cfg["eval"]
-        scores = {"knn_top1": knn_top1(train_f, train_y, test_f, test_y, k=ev["knn_k"], temperature=ev["knn_t"])}
-        if linear:
-            scores["linear_top1"] = linear_probe_top1(train_f, train_y, test_f, test_y, iterations=ev["linear_epochs"])
-        return scores, test_f, test_y
+        return score_encoder(
+            self.encoder, self.datasets, self.cfg, self.device, linear=linear,
+            bf16=self.bf16, channels_last=self.channels_last, dtype=self.dtype,
+        )
 
     # ---- run folder ---------------------------------------------------------------------------------
 
