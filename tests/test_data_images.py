@@ -183,7 +183,7 @@ def test_download_from_a_url_checks_the_md5(tmp_path, monkeypatch):
 def test_unreadable_image_stops_with_its_name_or_is_skipped_with_a_count(tmp_path, capsys):
     write_image_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(ValueError, match="cannot read image .*broken.png.*on_error='skip'"):
+    with pytest.raises(ValueError, match="cannot read image .*broken.png.*data.on_error=skip"):
         load_dataset(f"folder:{tmp_path / 'imgs'}", tmp_path / "root", "train", progress=False)
     data = load_dataset(f"folder:{tmp_path / 'imgs'}", tmp_path / "root", "train", on_error="skip", progress=False)
     assert len(data) == 12 and "skipped 1 unreadable image(s)" in capsys.readouterr().err

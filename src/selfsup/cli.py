@@ -59,9 +59,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     )
     print(json.dumps(result))
     if args.vs_backbone:
-        print(f"{args.method}: overhead {result['overhead']:.3f} x the bare {args.backbone} "
-              f"({result['step_ms']:.1f} ms per step vs {result['backbone_ms']:.1f} ms, {result['device']}, "
-              f"{result['precision']})")
+        print(f"{args.method}: overhead {result['overhead']:.3f} x its own backbone passes on the bare {args.backbone} "
+              f"({result['step_ms']:.1f} ms per step vs {result['backbone_ms']:.1f} ms: "
+              f"{', '.join(result['backbone_passes'])}); {result['overhead_vs_two_views']:.3f} x one fwd+bwd per view "
+              f"({result['two_view_ms']:.1f} ms); {result['device']}, {result['precision']}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfsup.data.base import ArrayDataset
+from selfsup.data.base import ArrayDataset, iterate_batches
 from selfsup.data.cache import default_root
 
-__all__ = ["ArrayDataset", "load_dataset", "default_root", "SPLITS"]
+__all__ = ["ArrayDataset", "iterate_batches", "load_dataset", "default_root", "SPLITS"]
 
 SPLITS = ("pretrain", "train", "test")
 SPECS = "digits, cifar10, cifar100, stl10, folder:PATH, ucr:NAME or wav:DIR"
@@ -26,11 +26,15 @@ def load_dataset(
     image_size: int | None = None,
     on_error: str = "stop",
     progress: bool = True,
+    stream: bool | None = None,
+    workers: int | None = None,
 ) -> ArrayDataset:
     """Load one split of a data SPEC; named datasets are found in (or downloaded to) ``root``.
 
     image_size: side images of a ``folder:`` source are resized to (default: the first image's).
     on_error: 'stop' on the first unreadable image file, or 'skip' it and report the count.
+    stream, workers: a ``folder:`` directory decoded batch by batch in ``workers`` DataLoader
+    processes instead of cached (None: only when its decoded copy would be large).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
@@ -51,7 +55,9 @@ def load_dataset(
     if kind == "folder" and arg:
         from selfsup.data.folder import load_image_folder
 
-        return load_image_folder(arg, split, image_size=image_size, on_error=on_error, progress=progress)
+        return load_image_folder(
+            arg, split, image_size=image_size, on_error=on_error, progress=progress, stream=stream, workers=workers
+        )
     if kind == "ucr" and arg:
         from selfsup.data.sequences import load_ucr
 

@@ -1,8 +1,9 @@
-"""The in-memory dataset every small source is turned into."""
+"""The dataset every source is turned into, and the one way batches are read from it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -12,13 +13,14 @@ from torch import Tensor
 class ArrayDataset:
     """A whole split as tensors, ready to be moved to the training device once.
 
-    data: uint8 [N, C, H, W] for images, float32 [N, C, T] for sequences.
+    data: uint8 [N, C, H, W] for images, float32 [N, C, T] for sequences; for a streamed folder an
+    ``ImageFiles`` (``selfsup.data.stream``) with the same ``shape`` that decodes batches on demand.
     labels: int64 [N], -1 where unknown (unlabeled splits).
     mean, std: per-channel normalisation in [0, 1] pixel units (images) or raw units (sequences).
     view_preset: a view preset this data requires (e.g. 'digits' for 8x8 grayscale); None lets the method choose.
     """
 
-    data: Tensor
+    data: Tensor | Any
     labels: Tensor
     classes: list[str]
     name: str
@@ -53,3 +55,16 @@ class ArrayDataset:
         self.data = self.data.to(device)
         self.labels = self.labels.to(device)
         return self
+
+
+def iterate_batches(data: Tensor | Any, batches: Sequence[Tensor], device: torch.device) -> Iterator[Tensor]:
+    """``data[indices]`` on ``device`` for each index tensor of ``batches``, in order.
+
+    In-memory data is indexed where it lives (on the device once moved there); streamed files are
+    decoded by DataLoader workers, a few batches ahead of the consumer.
+    """
+    if not isinstance(data, Tensor):
+        yield from data.stream(batches, device)
+        return
+    for indices in batches:
+        yield data[indices.to(data.device)].to(device, non_blocking=True)

@@ -26,6 +26,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pg
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLIT_DIRS = {"pretrain": ("train",), "train": ("train",), "test": ("test", "val")}
 HOLDOUT = 10
+STREAM_ABOVE_BYTES = 8 * 2**30  # decoded size above which a folder is streamed rather than cached
 
 
 def is_archive(path: Path) -> bool:
@@ -44,12 +45,12 @@ def split_source(path: Path, split: str) -> Path:
     return path
 
 
-def _split_and_class(parts: tuple[str, ...]) -> tuple[str | None, str]:
+def split_and_class(parts: tuple[str, ...]) -> tuple[str | None, str]:
     split = parts[-3] if len(parts) >= 3 and parts[-3] in {"train", "test", "val"} else None
     return split, parts[-2] if len(parts) >= 2 else ""
 
 
-def _list_images(source: Path) -> list[tuple[str, Callable[[], bytes]]]:
+def list_images(source: Path) -> list[tuple[str, Callable[[], bytes]]]:
     """(relative POSIX path, reader of its bytes) for every image file, in path order."""
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -67,14 +68,14 @@ def _list_images(source: Path) -> list[tuple[str, Callable[[], bytes]]]:
     return [(name, lambda data=contents[name]: data) for name in sorted(contents)]
 
 
-def _select(entries: list[tuple[str, Callable[[], bytes]]], split: str, source: Path):
+def select_split(entries: list[tuple[str, Callable[[], bytes]]], split: str, source: Path):
     """The entries of ``split`` and the sorted class names of the whole source."""
     keyed = [(PurePosixPath(name).parts, name, read) for name, read in entries]
-    classes = sorted({_split_and_class(parts)[1] for parts, _, _ in keyed})
-    splits = {_split_and_class(parts)[0] for parts, _, _ in keyed}
+    classes = sorted({split_and_class(parts)[1] for parts, _, _ in keyed})
+    splits = {split_and_class(parts)[0] for parts, _, _ in keyed}
     wanted = set(SPLIT_DIRS[split])
     if splits & wanted:
-        chosen = [(name, read) for parts, name, read in keyed if _split_and_class(parts)[0] in wanted]
+        chosen = [(name, read) for parts, name, read in keyed if split_and_class(parts)[0] in wanted]
     elif len(splits) == 1:
         held_out = split == "test"
         chosen = [(name, read) for i, (_, name, read) in enumerate(keyed) if (i % HOLDOUT == HOLDOUT - 1) == held_out]
@@ -83,7 +84,7 @@ def _select(entries: list[tuple[str, Callable[[], bytes]]], split: str, source: 
     return chosen, classes
 
 
-def _decode(data: bytes, size: int | None) -> np.ndarray:
+def decode_image(data: bytes, size: int | None) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
@@ -105,20 +106,20 @@ def _decode_all(
     bar = tqdm(chosen, desc=f"decoding {source.name}", unit="img", disable=not progress, mininterval=1.0)
     for name, read in bar:
         try:
-            array = _decode(read(), image_size)
+            array = decode_image(read(), image_size)
         except (OSError, ValueError, SyntaxError) as err:
             if on_error == "stop":
                 raise ValueError(
-                    f"cannot read image {name} in {source} ({err}); remove it or use on_error='skip'"
+                    f"cannot read image {name} in {source} ({err}); remove it or set data.on_error=skip"
                 ) from None
             skipped, first_bad = skipped + 1, first_bad or name
             continue
         if image_size is None:
             image_size = min(array.shape[:2])
             if array.shape[0] != array.shape[1]:
-                array = _decode(read(), image_size)
+                array = decode_image(read(), image_size)
         images.append(array)
-        labels.append(index[_split_and_class(PurePosixPath(name).parts)[1]])
+        labels.append(index[split_and_class(PurePosixPath(name).parts)[1]])
     if skipped:
         print(f"skipped {skipped} unreadable image(s) in {source} (first: {first_bad})", file=sys.stderr)
     if not images:
@@ -135,12 +136,17 @@ def load_image_folder(
     limit: int | None = None,
     progress: bool = True,
     name: str | None = None,
+    stream: bool | None = None,
+    workers: int | None = None,
 ) -> ArrayDataset:
     """An ImageFolder split as uint8 [N, 3, S, S]; decoded once, then read from the cache (``cache_dir()``).
 
     on_error: 'stop' raises on the first unreadable image (naming it); 'skip' leaves it out and
     reports how many were skipped. ``limit`` decodes only that many images, evenly spread over the
     split (no cache; for tests and benchmarks).
+    stream: decode batch by batch in ``workers`` DataLoader processes instead of caching
+    (``selfsup.data.stream``); None streams a directory whose decoded copy would exceed
+    ``STREAM_ABOVE_BYTES``. Archives cannot be streamed (no random access): extract them first.
     """
     if split not in SPLIT_DIRS:
         raise ValueError(f"unknown split '{split}'; use one of {', '.join(SPLIT_DIRS)}")
@@ -148,12 +154,16 @@ def load_image_folder(
         raise ValueError(f"on_error must be 'stop' or 'skip', not '{on_error}'")
     source = split_source(Path(path).expanduser(), split)
     name = name or source.name.split(".")[0]
+    if stream is None:
+        stream = source.is_dir() and _decoded_bytes(source, image_size) > STREAM_ABOVE_BYTES
+    if stream:
+        return _load_streamed(source, split, image_size, on_error, workers, progress, name)
 
     def build():
-        entries = _list_images(source)
+        entries = list_images(source)
         if not entries:
             raise ValueError(f"no images found in {source}: expected [split/]class/image files (.jpg, .png, ...)")
-        chosen, classes = _select(entries, split, source)
+        chosen, classes = select_split(entries, split, source)
         chosen = chosen[:: max(1, len(chosen) // limit)][:limit] if limit else chosen
         data, labels, skipped = _decode_all(chosen, classes, image_size, on_error, progress, source)
         mean, std = channel_stats(data)
@@ -168,6 +178,41 @@ def load_image_folder(
     return ArrayDataset(
         data=torch.from_numpy(arrays["data"]),
         labels=torch.from_numpy(arrays["labels"]),
+        classes=list(meta["classes"]),
+        name=name,
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+    )
+
+
+def _decoded_bytes(folder: Path, image_size: int | None) -> int:
+    """Estimated size of the decoded uint8 copy of every image under ``folder`` (side: ``image_size`` or the first image's)."""
+    files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if not files:
+        return 0
+    if image_size is None:
+        try:
+            image_size = min(decode_image(files[0].read_bytes(), None).shape[:2])
+        except (OSError, ValueError, SyntaxError):
+            return 0
+    return len(files) * 3 * image_size * image_size
+
+
+def _load_streamed(
+    source: Path, split: str, image_size: int | None, on_error: str, workers: int | None, progress: bool, name: str
+) -> ArrayDataset:
+    from selfsup.data.stream import ImageFiles, list_streamed_folder
+
+    if not source.is_dir():
+        raise ValueError(
+            f"{source} is an archive, and streaming reads files in random order: extract it (tar -xf) and pass "
+            "the folder, or set data.stream=false to decode it once into the cache"
+        )
+    key = {"source": str(source.resolve()), "content": source_key(source), "split": split, "image_size": image_size}
+    arrays, meta = cached(f"stream-{name}-{split}", key, lambda: list_streamed_folder(source, split, image_size, progress))
+    return ArrayDataset(
+        data=ImageFiles(source, meta["names"], meta["size"], on_error, workers),
+        labels=torch.from_numpy(np.asarray(arrays["labels"])),
         classes=list(meta["classes"]),
         name=name,
         mean=tuple(meta["mean"]),

@@ -1,17 +1,27 @@
-"""``selfsup bench``: the cost of the SSL machinery over the bare backbone, measured in one run.
+"""``selfsup bench``: the cost of the SSL machinery over the backbone, measured in one run.
 
-step_ms: one full training step (views, method forward/backward, optimizer, EMA/queue updates).
-backbone_ms: forward + backward of the bare backbone on the same views (all views, one pass each),
-with its own optimizer step. overhead = step_ms / backbone_ms.
+step_ms: one full training step (views, method forward/backward, optimizer, EMA/queue updates, probe).
+backbone_ms: the same backbone passes the method makes, with nothing else: every encoder call the
+method performs in a step (recorded by forward hooks on the encoder and its momentum copies) is
+replayed on the bare encoder with the same inputs, with gradient where the method had it, followed by
+backward and an SGD step. overhead = step_ms / backbone_ms is what the machinery (views, heads,
+losses, optimizer, EMA, queues) costs on top of the backbone work the algorithm itself requires.
+BYOL's target forward and MoCo's key forward count as backbone work; heads and losses do not.
+
+two_view_ms / overhead_vs_two_views: against forward + backward of the bare backbone on each view
+once, the simplest baseline; differs from ``overhead`` only where the method runs the backbone more
+(EMA targets) or less (asymmetric losses) than that.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch import Tensor, nn
 
 from selfsup.data.base import ArrayDataset
 from selfsup.data.views import build_views
@@ -32,9 +42,36 @@ def synthetic_images(num: int, size: int = 32, channels: int = 3, classes: int =
     )
 
 
-def _interleaved_ms(first: Callable[[], None], second: Callable[[], None], steps: int, warmup: int,
-                    device: torch.device) -> tuple[float, float]:
-    """Median milliseconds of each function, timed alternately so that machine noise hits both alike."""
+@dataclass
+class BackbonePass:
+    """One encoder call of a method step: its input and whether it ran with gradient."""
+
+    inputs: Tensor
+    with_grad: bool
+
+
+def record_backbone_passes(model: nn.Module, run_step: Callable[[], None]) -> list[BackbonePass]:
+    """The encoder calls of one ``run_step()``: the method's encoder and every module of its type (momentum copies)."""
+    encoder_type = type(model.encoder)
+    passes: list[BackbonePass] = []
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        passes.append(BackbonePass(args[0].detach().clone(), torch.is_grad_enabled() and any(
+            p.requires_grad for p in module.parameters())))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) is encoder_type]
+    try:
+        run_step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not any(p.with_grad for p in passes):
+        raise ValueError(f"{type(model).__name__} made no encoder call with gradient: nothing to compare with")
+    return passes
+
+
+def _interleaved_ms(functions: list[Callable[[], None]], steps: int, warmup: int, device: torch.device) -> list[float]:
+    """Median milliseconds of each function, timed in turn step by step so that machine noise hits all alike."""
 
     def once(fn: Callable[[], None]) -> float:
         if device.type == "cuda":
@@ -46,10 +83,10 @@ def _interleaved_ms(first: Callable[[], None], second: Callable[[], None], steps
         return (time.perf_counter() - start) * 1000.0
 
     for _ in range(warmup):
-        first()
-        second()
-    times = [(once(first), once(second)) for _ in range(steps)]
-    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
+        for fn in functions:
+            fn()
+    times = [[once(fn) for fn in functions] for _ in range(steps)]
+    return [statistics.median(row[i] for row in times) for i in range(len(functions))]
 
 
 def bench(
@@ -62,13 +99,13 @@ def bench(
     device: str = "auto",
     assignments: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Time ``steps`` training steps of ``method`` and of its bare backbone, alternating step by step."""
-    data = synthetic_images(batch_size * (steps + warmup), image_size)
+    """Time ``steps`` training steps of ``method`` and of its backbone passes alone, alternating step by step."""
+    data = synthetic_images(batch_size * (steps + warmup + 1), image_size)
     cfg = make_config(method, "synthetic", data, overrides={"backbone": {"name": backbone}}, assignments=assignments)
     dev = resolve_device(device if device != "auto" else cfg["train"]["device"])
     bf16 = dev.type == "cuda" and cfg["train"]["precision"] in ("auto", "bf16")
     seed_everything(0)
-    model = build_method(cfg, data, steps_per_epoch=steps + warmup).to(dev)
+    model = build_method(cfg, data, steps_per_epoch=steps + warmup + 1).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     views = build_views(cfg["views"], data.channels, data.input_size, data.mean, data.std)
@@ -77,7 +114,6 @@ def bench(
     batch = data.data[:batch_size].to(dev)
     labels = data.labels[:batch_size].to(dev)
     indices = torch.arange(batch_size, device=dev)
-    fixed_views = [v.detach() for v in views(batch)]
     step = [0]
 
     def method_step() -> None:
@@ -87,29 +123,51 @@ def bench(
         out.loss.backward()
         model.on_after_backward(step[0])
         optimizer.step()
-        model.on_step_end(step[0], steps + warmup)
+        model.on_step_end(step[0], steps + warmup + 1)
         step[0] += 1
 
-    def backbone_step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = sum(model.encoder(v).float().mean() for v in fixed_views)
-        backbone_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        backbone_optimizer.step()
+    passes = record_backbone_passes(model, method_step)
+    fixed_views = [v.detach() for v in views(batch)]
+    if dev.type == "cuda":
+        fixed_views = [v.contiguous(memory_format=torch.channels_last) for v in fixed_views]
 
-    step_ms, backbone_ms = _interleaved_ms(method_step, backbone_step, steps, warmup, dev)
+    def backbone_passes(plan: list[BackbonePass]) -> Callable[[], None]:
+        def run() -> None:
+            loss = 0.0
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                for p in plan:
+                    if p.with_grad:
+                        loss = loss + model.encoder(p.inputs).float().mean()
+                    else:
+                        with torch.no_grad():
+                            model.encoder(p.inputs)
+            backbone_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            backbone_optimizer.step()
+
+        return run
+
+    two_views = [BackbonePass(v, True) for v in fixed_views]
+    step_ms, backbone_ms, two_view_ms = _interleaved_ms(
+        [method_step, backbone_passes(passes), backbone_passes(two_views)], steps, warmup, dev
+    )
     result = {
         "method": method,
         "backbone": backbone,
         "batch_size": batch_size,
         "image_size": image_size,
         "views": len(fixed_views),
+        "backbone_passes": [
+            f"{'fwd+bwd' if p.with_grad else 'fwd'} {'x'.join(map(str, p.inputs.shape))}" for p in passes
+        ],
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "precision": "bf16" if bf16 else "fp32",
         "images_per_s": batch_size / step_ms * 1000.0,
         "step_ms": step_ms,
         "backbone_ms": backbone_ms,
         "overhead": step_ms / backbone_ms,
+        "two_view_ms": two_view_ms,
+        "overhead_vs_two_views": step_ms / two_view_ms,
     }
     if dev.type == "cuda":
         result["memory_peak_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30

@@ -15,7 +15,14 @@ import yaml
 
 DEFAULTS: dict[str, Any] = {
     "method": None,
-    "data": {"spec": None, "dir": None},
+    "data": {
+        "spec": None,
+        "dir": None,
+        "image_size": None,  # folder: side images are resized and centre-cropped to (None: the first image's)
+        "on_error": "stop",  # an unreadable image file: 'stop' naming it, or 'skip' it and report the count
+        "stream": "auto",  # folder: decode in DataLoader workers instead of caching; auto: when it is large
+        "workers": "auto",  # decoding processes per training process when streaming (auto: CPUs, at most 8)
+    },
     "backbone": {"name": "resnet18", "width": 64, "stem": "cifar"},
     "head": {},
     "loss": {},
@@ -76,6 +83,18 @@ def set_dotted(cfg: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"--set {key}: '{part}' is a value, not a section")
     node[parts[-1]] = parse_value(text)
+
+
+def data_options(overrides: dict[str, Any] | None = None, assignments: list[str] | None = None) -> dict[str, Any]:
+    """The ``data`` section as defaults, overrides and ``data.*`` assignments set it.
+
+    Loading needs it before the dataset, and so the method's preset for its scale, is known.
+    """
+    cfg = deep_merge({"data": DEFAULTS["data"]}, {"data": (overrides or {}).get("data", {})})
+    for assignment in assignments or []:
+        if assignment.strip().startswith("data."):
+            set_dotted(cfg, assignment)
+    return cfg["data"]
 
 
 def scale_of(kind: str, input_size: int) -> str:

@@ -39,7 +39,7 @@ def evaluate_run(run: str | Path, protocol: str = "all") -> dict[str, float]:
     cfg, encoder = load_run(run)
     device = resolve_device(cfg["train"]["device"])
     encoder.to(device)
-    datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"])
+    datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
     results, _, _ = score_encoder(
         encoder, datasets, cfg, device, knn=protocol in ("knn", "all"), linear=protocol in ("linear", "all")
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from selfsup.data.base import ArrayDataset
+from selfsup.data.base import ArrayDataset, iterate_batches
 
 
 def normalize_batch(batch: Tensor, dataset: ArrayDataset) -> Tensor:
@@ -33,8 +33,8 @@ def extract_features(
     was_training = encoder.training
     encoder.eval()
     outputs = []
-    for start in range(0, len(dataset), batch_size):
-        x = normalize_batch(dataset.data[start : start + batch_size].to(device, non_blocking=True), dataset).to(dtype)
+    for batch in iterate_batches(dataset.data, torch.arange(len(dataset)).split(batch_size), device):
+        x = normalize_batch(batch, dataset).to(dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -15,7 +15,7 @@ from selfsup import methods
 from selfsup.data import ArrayDataset, load_dataset
 from selfsup.methods.base import Method, RunInfo
 from selfsup.nn.backbones import build_backbone, output_dim
-from selfsup.train.config import build_config, deep_merge, scale_of
+from selfsup.train.config import DEFAULTS, build_config, deep_merge, scale_of
 
 
 @dataclass
@@ -25,12 +25,23 @@ class Datasets:
     test: ArrayDataset  # held-out split
 
 
-def load_datasets(spec: str, root: str | None) -> Datasets:
-    return Datasets(
-        pretrain=load_dataset(spec, root, "pretrain"),
-        train=load_dataset(spec, root, "train"),
-        test=load_dataset(spec, root, "test"),
-    )
+def load_datasets(spec: str, root: str | None, options: dict[str, Any] | None = None) -> Datasets:
+    """The three splits of ``spec``; ``options`` is a config's ``data`` section (image_size, on_error, stream, workers)."""
+    options = {**DEFAULTS["data"], **(options or {})}
+    if options["on_error"] not in ("stop", "skip"):
+        raise ValueError(f"data.on_error must be stop or skip, not '{options['on_error']}'")
+    if options["stream"] not in ("auto", True, False):
+        raise ValueError(f"data.stream must be auto, true or false, not '{options['stream']}'")
+    workers = options["workers"]
+    if workers != "auto" and (not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"data.workers must be auto or a whole number >= 0, not '{workers}'")
+    kwargs = {
+        "image_size": options["image_size"],
+        "on_error": options["on_error"],
+        "stream": None if options["stream"] == "auto" else options["stream"],
+        "workers": None if workers == "auto" else workers,
+    }
+    return Datasets(*(load_dataset(spec, root, split, **kwargs) for split in ("pretrain", "train", "test")))
 
 
 def make_config(

@@ -15,12 +15,13 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup import distributed
+from selfsup.data import iterate_batches
 from selfsup.data.views import build_views
 from selfsup.evaluate.monitors import collapse_monitors
 from selfsup.nn.sync_bn import convert_to_global_batchnorm
 from selfsup.train import report
 from selfsup.train.checkpoint import load_checkpoint, save_checkpoint
-from selfsup.train.config import dump
+from selfsup.train.config import data_options, dump
 from selfsup.train.evaluation import score_encoder
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedule import apply_lr, warmup_cosine
@@ -59,11 +60,11 @@ def fit(
     if resume:
         cfg = _read_config(out)
         data_dir = cfg["data"]["dir"]
-        datasets = datasets or load_datasets(cfg["data"]["spec"], data_dir)
+        datasets = datasets or load_datasets(cfg["data"]["spec"], data_dir, cfg["data"])
     else:
         if method is None or data is None:
             raise ValueError("train needs --method and --data (or --resume with --out pointing at a run)")
-        datasets = datasets or load_datasets(data, data_dir)
+        datasets = datasets or load_datasets(data, data_dir, data_options(overrides, assignments))
         cfg = make_config(method, data, datasets.pretrain, data_dir, overrides, assignments)
     return Trainer(cfg, datasets, out, encoder).run(resume, stop_after_epoch)
 
@@ -111,7 +112,7 @@ class Trainer:
         )
         self.optimizer = build_optimizer(self.method.param_groups(), cfg["optim"], self.batch_size)
         self.model = self._wrap(self.method)
-        self.pretrain_data = datasets.pretrain.data.to(self.device) if _fits(datasets.pretrain, self.device) else (
+        self.pretrain_data = datasets.pretrain.data.to(self.device) if _fits(datasets.pretrain.data, self.device) else (
             datasets.pretrain.data
         )
         self.pretrain_labels = datasets.pretrain.labels.to(self.device)
@@ -160,17 +161,21 @@ class Trainer:
         monitor_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         monitor_from = self.steps_per_epoch - self.cfg["eval"]["monitor_batches"]
         start = time.perf_counter()
+        shards = [
+            order[i * self.batch_size : (i + 1) * self.batch_size].view(self.world, -1)[distributed.rank()]
+            for i in range(self.steps_per_epoch)
+        ]
         bar = tqdm(
-            range(self.steps_per_epoch), desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}",
+            zip(shards, iterate_batches(self.pretrain_data, shards, self.device)), total=self.steps_per_epoch,
+            desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}",
             disable=not (self.cfg["train"]["progress"] and distributed.is_main()), leave=False,
         )
-        for i in bar:
+        for i, (indices, batch) in enumerate(bar):
             lr = apply_lr(self.optimizer, warmup_cosine(
                 self.step, self.total_steps, self.cfg["optim"]["warmup_epochs"] * self.steps_per_epoch,
                 self.cfg["optim"]["min_lr_ratio"],
             ))
-            indices = order[i * self.batch_size : (i + 1) * self.batch_size].view(self.world, -1)[distributed.rank()]
-            out, metrics = self._step(indices)
+            out, metrics = self._step(indices, batch)
             for key, value in metrics.items():
                 sums[key] = sums[key] + value.to(self.device)
             if i >= monitor_from and out.embeddings is not None:
@@ -199,8 +204,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.cfg["train"]["seed"] * 1_000_003 + self.epoch)
         return torch.randperm(len(self.datasets.pretrain), generator=generator).to(self.pretrain_labels.device)
 
-    def _step(self, indices: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
-        batch = self.pretrain_data[indices.to(self.pretrain_data.device)].to(self.device, non_blocking=True)
+    def _step(self, indices: torch.Tensor, batch: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
         labels = self.pretrain_labels[indices]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             views = [v.to(self.dtype) for v in self.views(batch)]
@@ -275,9 +279,9 @@ class Trainer:
         return summary
 
 
-def _fits(data, device: torch.device) -> bool:
-    """Small datasets move to the device once; memory-mapped large ones stay on the host."""
-    if device.type == "cpu":
+def _fits(data: Any, device: torch.device) -> bool:
+    """Small datasets move to the device once; memory-mapped large ones and streamed files stay on the host."""
+    if device.type == "cpu" or not isinstance(data, torch.Tensor):
         return True
     free, _ = torch.cuda.mem_get_info(device)
-    return data.data.numel() * data.data.element_size() < free // 4
+    return data.numel() * data.element_size() < free // 4

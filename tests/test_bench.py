@@ -1,0 +1,51 @@
+"""selfsup bench: the baseline replays exactly the backbone passes the method makes."""
+
+import pytest
+import torch
+
+from selfsup.data.views import build_views
+from selfsup.train.bench import bench, record_backbone_passes, synthetic_images
+from selfsup.train.setup import build_method, make_config
+
+TINY = ["backbone.width=4"]
+
+
+def _passes(method: str, batch: int = 8):
+    data = synthetic_images(batch * 2)
+    cfg = make_config(method, "synthetic", data, assignments=TINY)
+    model = build_method(cfg, data, steps_per_epoch=2)
+    views = build_views(cfg["views"], data.channels, data.input_size, data.mean, data.std)
+    x = views(data.data[:batch])
+
+    def step():
+        model(x, data.labels[:batch], torch.arange(batch)).loss.backward()
+
+    return x, record_backbone_passes(model, step)
+
+
+def test_simclr_backbone_work_is_one_trained_pass_over_both_views():
+    views, passes = _passes("simclr")
+    assert [p.with_grad for p in passes] == [True]
+    assert torch.equal(passes[0].inputs, torch.cat(views))
+
+
+def test_byol_backbone_work_includes_the_target_forward_without_gradient():
+    views, passes = _passes("byol")
+    assert sorted(p.with_grad for p in passes) == [False, True]
+    for p in passes:
+        assert torch.equal(p.inputs, torch.cat(views))
+
+
+def test_moco_backbone_work_is_a_trained_query_pass_and_a_key_forward():
+    views, passes = _passes("moco")
+    trained = [p for p in passes if p.with_grad]
+    keys = [p for p in passes if not p.with_grad]
+    assert trained and keys
+    assert sum(p.inputs.shape[0] for p in trained) == sum(p.inputs.shape[0] for p in keys)
+
+
+def test_bench_reports_both_ratios():
+    result = bench("byol", batch_size=8, steps=1, warmup=1, device="cpu", assignments=TINY)
+    assert result["overhead"] == pytest.approx(result["step_ms"] / result["backbone_ms"])
+    assert result["overhead_vs_two_views"] == pytest.approx(result["step_ms"] / result["two_view_ms"])
+    assert result["backbone_passes"] == ["fwd+bwd 16x3x32x32", "fwd 16x3x32x32"]
