@@ -15,7 +15,6 @@ once, the simplest baseline; differs from ``overhead`` only where the method run
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -71,7 +70,11 @@ def record_backbone_passes(model: nn.Module, run_step: Callable[[], None]) -> li
 
 
 def _interleaved_ms(functions: list[Callable[[], None]], steps: int, warmup: int, device: torch.device) -> list[float]:
-    """Median milliseconds of each function, timed in turn step by step so that machine noise hits all alike."""
+    """Fastest milliseconds of each function over ``steps`` rounds, timed in turn round by round.
+
+    Other processes can only add time, so the fastest run is the least disturbed one; alternating
+    the functions makes a slow phase of the machine hit all of them alike.
+    """
 
     def once(fn: Callable[[], None]) -> float:
         if device.type == "cuda":
@@ -86,7 +89,7 @@ def _interleaved_ms(functions: list[Callable[[], None]], steps: int, warmup: int
         for fn in functions:
             fn()
     times = [[once(fn) for fn in functions] for _ in range(steps)]
-    return [statistics.median(row[i] for row in times) for i in range(len(functions))]
+    return [min(row[i] for row in times) for i in range(len(functions))]
 
 
 def bench(
