@@ -11,6 +11,7 @@ import torch
 import selfsup.data.folder as folder
 from selfsup.data import iterate_batches, load_dataset
 from selfsup.data.stream import ImageFiles
+from selfsup.train.setup import load_datasets
 from selfsup.train.trainer import fit
 from tests.test_data_images import make_tar, write_image_folder
 
@@ -76,3 +77,16 @@ def test_training_on_a_streamed_folder_equals_training_on_its_cache(tmp_path):
     losses = {name: [json.loads(line)["loss"] for line in open(tmp_path / name / "metrics.jsonl")] for name in summaries}
     assert losses["streamed"] == pytest.approx(losses["cached"], rel=1e-6)
     assert summaries["streamed"]["knn_top1"] == pytest.approx(summaries["cached"]["knn_top1"])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"stream": "sometimes"}, "data.stream must be auto, true or false"),
+        ({"workers": -1}, "data.workers must be auto or a whole number"),
+        ({"on_error": "ignore"}, "data.on_error must be stop or skip"),
+    ],
+)
+def test_bad_data_options_are_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        load_datasets("digits", None, options)

@@ -15,6 +15,7 @@ once, the simplest baseline; differs from ``overhead`` only where the method run
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -73,7 +74,8 @@ def _interleaved_ms(functions: list[Callable[[], None]], steps: int, warmup: int
     """Fastest milliseconds of each function over ``steps`` rounds, timed in turn round by round.
 
     Other processes can only add time, so the fastest run is the least disturbed one; alternating
-    the functions makes a slow phase of the machine hit all of them alike.
+    the functions makes a slow phase of the machine hit all of them alike, and rotating which one
+    goes first in each round removes any advantage of a fixed position.
     """
 
     def once(fn: Callable[[], None]) -> float:
@@ -88,8 +90,12 @@ def _interleaved_ms(functions: list[Callable[[], None]], steps: int, warmup: int
     for _ in range(warmup):
         for fn in functions:
             fn()
-    times = [[once(fn) for fn in functions] for _ in range(steps)]
-    return [min(row[i] for row in times) for i in range(len(functions))]
+    best = [math.inf] * len(functions)
+    for round_ in range(steps):
+        for offset in range(len(functions)):
+            i = (round_ + offset) % len(functions)
+            best[i] = min(best[i], once(functions[i]))
+    return best
 
 
 def bench(
