@@ -49,3 +49,27 @@ def test_bench_reports_both_ratios():
     assert result["overhead"] == pytest.approx(result["step_ms"] / result["backbone_ms"])
     assert result["overhead_vs_two_views"] == pytest.approx(result["step_ms"] / result["two_view_ms"])
     assert result["backbone_passes"] == ["fwd+bwd 16x3x32x32", "fwd 16x3x32x32"]
+
+
+def test_replaying_answers_encoder_calls_with_the_recorded_outputs_without_running_them():
+    from selfsup.train.bench import replaying
+
+    data = synthetic_images(16)
+    cfg = make_config("byol", "synthetic", data, assignments=TINY)
+    model = build_method(cfg, data, steps_per_epoch=2)
+    x = build_views(cfg["views"], data.channels, data.input_size, data.mean, data.std)(data.data[:8])
+    args = (x, data.labels[:8], torch.arange(8))
+    passes = record_backbone_passes(model, lambda: model(*args))
+    expected = model(*args).loss
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in list(model.encoder.modules())[1:]]
+    with replaying(model, passes):
+        replayed = model(*args).loss
+        replayed.backward()
+    assert not calls, "no encoder layer may run while replaying"
+    assert replayed.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert any(p.grad is not None for p in model.predictor.parameters())
+    for handle in handles:
+        handle.remove()
+    assert "forward" not in vars(model.encoder), "the encoders' own forward is restored"

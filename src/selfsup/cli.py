@@ -61,7 +61,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if args.vs_backbone:
         print(f"{args.method}: overhead {result['overhead']:.3f} x its own backbone passes on the bare {args.backbone} "
               f"({result['step_ms']:.1f} ms per step vs {result['backbone_ms']:.1f} ms: "
-              f"{', '.join(result['backbone_passes'])}); {result['overhead_vs_two_views']:.3f} x one fwd+bwd per view "
+              f"{', '.join(result['backbone_passes'])}); machinery alone {result['machinery_ms']:.1f} ms, "
+              f"{result['overhead_from_parts']:.3f} x from the parts; {result['overhead_vs_two_views']:.3f} x one fwd+bwd per view "
               f"({result['two_view_ms']:.1f} ms); {result['device']}, {result['precision']}")
 
 

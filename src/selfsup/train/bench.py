@@ -8,6 +8,12 @@ backward and an SGD step. overhead = step_ms / backbone_ms is what the machinery
 losses, optimizer, EMA, queues) costs on top of the backbone work the algorithm itself requires.
 BYOL's target forward and MoCo's key forward count as backbone work; heads and losses do not.
 
+machinery_ms / overhead_from_parts: the machinery timed on its own, with every encoder call answered by
+its recorded output (a leaf that takes the gradient where the pass had one): views, heads, losses,
+their backward, the whole optimizer step and the method's hooks. (backbone_ms + machinery_ms) /
+backbone_ms then estimates the overhead without subtracting two large, noisy timings, which on a
+busy CPU differ by a few percent from run to run even for identical work.
+
 two_view_ms / overhead_vs_two_views: against forward + backward of the bare backbone on each view
 once, the simplest baseline; differs from ``overhead`` only where the method runs the backbone more
 (EMA targets) or less (asymmetric losses) than that.
@@ -17,8 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -44,22 +51,46 @@ def synthetic_images(num: int, size: int = 32, channels: int = 3, classes: int =
 
 @dataclass
 class BackbonePass:
-    """One encoder call of a method step: its input and whether it ran with gradient."""
+    """One encoder call of a method step: its input, its output and whether it ran with gradient."""
 
     inputs: Tensor
     with_grad: bool
+    outputs: Tensor | None = None
+
+
+def encoder_modules(model: nn.Module) -> list[nn.Module]:
+    """The method's encoder and every module of its type (momentum copies such as BYOL's target)."""
+    return [m for m in model.modules() if type(m) is type(model.encoder)]
+
+
+@contextmanager
+def replaying(model: nn.Module, passes: list[BackbonePass]) -> Iterator[None]:
+    """Within the block, encoder calls return the recorded outputs of ``passes`` in order, without running."""
+    replay = iter(passes)
+
+    def recorded(*args: Any, **kwargs: Any) -> Tensor:
+        backbone_pass = next(replay)
+        return backbone_pass.outputs.detach().requires_grad_(backbone_pass.with_grad)
+
+    encoders = encoder_modules(model)
+    for module in encoders:
+        module.forward = recorded
+    try:
+        yield
+    finally:
+        for module in encoders:
+            del module.forward
 
 
 def record_backbone_passes(model: nn.Module, run_step: Callable[[], None]) -> list[BackbonePass]:
-    """The encoder calls of one ``run_step()``: the method's encoder and every module of its type (momentum copies)."""
-    encoder_type = type(model.encoder)
+    """The encoder calls of one ``run_step()`` (``encoder_modules``), in order."""
     passes: list[BackbonePass] = []
 
     def hook(module: nn.Module, args: tuple, output: Any) -> None:
-        passes.append(BackbonePass(args[0].detach().clone(), torch.is_grad_enabled() and any(
-            p.requires_grad for p in module.parameters())))
+        with_grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+        passes.append(BackbonePass(args[0].detach().clone(), with_grad, output.detach().clone()))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) is encoder_type]
+    handles = [m.register_forward_hook(hook) for m in encoder_modules(model)]
     try:
         run_step()
     finally:
@@ -123,13 +154,20 @@ def bench(
     batch = data.data[:batch_size].to(dev)
     labels = data.labels[:batch_size].to(dev)
     indices = torch.arange(batch_size, device=dev)
+    encoder_grads = [torch.zeros_like(p) for p in model.encoder.parameters()]
     step = [0]
 
-    def method_step() -> None:
+    def method_step(replayed: bool = False) -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(views(batch), labels, indices)
+            loss = out.loss
+            if out.features is not None and model.probe is not None:
+                loss = loss + model.probe_loss(out.features, labels)[0]
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
+        if replayed:  # the optimizer updates the encoder as in a real step
+            for parameter, grad in zip(model.encoder.parameters(), encoder_grads):
+                parameter.grad = grad
         model.on_after_backward(step[0])
         optimizer.step()
         model.on_step_end(step[0], steps + warmup + 1)
@@ -156,9 +194,13 @@ def bench(
 
         return run
 
+    def machinery_step() -> None:
+        with replaying(model, passes):
+            method_step(replayed=True)
+
     two_views = [BackbonePass(v, True) for v in fixed_views]
-    step_ms, backbone_ms, two_view_ms = _interleaved_ms(
-        [method_step, backbone_passes(passes), backbone_passes(two_views)], steps, warmup, dev
+    step_ms, backbone_ms, two_view_ms, machinery_ms = _interleaved_ms(
+        [method_step, backbone_passes(passes), backbone_passes(two_views), machinery_step], steps, warmup, dev
     )
     result = {
         "method": method,
@@ -175,6 +217,8 @@ def bench(
         "step_ms": step_ms,
         "backbone_ms": backbone_ms,
         "overhead": step_ms / backbone_ms,
+        "machinery_ms": machinery_ms,
+        "overhead_from_parts": (backbone_ms + machinery_ms) / backbone_ms,
         "two_view_ms": two_view_ms,
         "overhead_vs_two_views": step_ms / two_view_ms,
     }
