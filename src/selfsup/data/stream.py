@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from selfsup.data.folder import decode_image, list_images, select_split, split_and_class
+from selfsup.data.folder import channel_stats, decode_image, list_images, select_split, split_and_class
 
 STATS_SAMPLE = 1024
 
@@ -107,16 +107,14 @@ def list_streamed_folder(
     sample = names[:: max(1, len(names) // STATS_SAMPLE)][:STATS_SAMPLE]
     if size is None:
         size = min(decode_image((source / sample[0]).read_bytes(), None).shape[:2])
-    sums, squares, count = np.zeros(3), np.zeros(3), 0
+    decoded = []
     for name in tqdm(sample, desc=f"sampling {source.name} for channel statistics", disable=not progress, unit="img"):
         try:
-            pixels = decode_image((source / name).read_bytes(), size).reshape(-1, 3).astype(np.float64) / 255.0
+            decoded.append(decode_image((source / name).read_bytes(), size))
         except (OSError, ValueError, SyntaxError):
             continue  # unreadable files are reported (or skipped) when training reaches them
-        sums, squares, count = sums + pixels.sum(0), squares + (pixels**2).sum(0), count + len(pixels)
-    if not count:
+    if not decoded:
         raise ValueError(f"no readable images among {len(sample)} sampled in {source}")
-    mean = sums / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    meta = {"names": names, "classes": classes, "size": int(size), "mean": mean.tolist(), "std": std.tolist()}
+    mean, std = channel_stats(np.stack(decoded).transpose(0, 3, 1, 2))
+    meta = {"names": names, "classes": classes, "size": int(size), "mean": mean, "std": std}
     return {"labels": labels}, meta
