@@ -241,24 +241,27 @@ def test_adco_negatives_have_their_own_constant_lr_and_no_lars():
     assert group["lr"] == method.cfg["head"]["negatives_lr"]  # not scaled with the batch size
 
 
+def train_on_the_first_two_batches(method, optimizer) -> list:
+    """One step on each of the pool's first two batches (enough to fill AdCo's 32 negatives); their outputs."""
+    views, labels = pool()
+    outputs = []
+    for step, start in enumerate((0, BATCH)):
+        idx = torch.arange(start, start + BATCH)
+        outputs.append(train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, step))
+    return outputs
+
+
 def test_adco_starts_its_negatives_from_the_first_keys():
     method = tiny("adco")
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
-    views, labels = pool()
-    for step, start in enumerate((0, BATCH)):
-        idx = torch.arange(start, start + BATCH)
-        out = train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, step)
+    for start, out in zip((0, BATCH), train_on_the_first_two_batches(method, optimizer)):
         assert torch.equal(method.negatives.detach()[start : start + BATCH], out.embeddings[1])
     assert int(method.filled) == 32 and not method._filling
 
 
 def test_adco_resumed_from_a_checkpoint_knows_its_negatives_are_filled():
     method = tiny("adco")
-    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
-    views, labels = pool()
-    for step, start in enumerate((0, BATCH)):
-        idx = torch.arange(start, start + BATCH)
-        train_step(method, optimizer, [v[idx] for v in views], labels[idx], idx, step)
+    train_on_the_first_two_batches(method, torch.optim.SGD(method.param_groups(), lr=0.1))
     resumed = tiny("adco")
     assert resumed._filling
     resumed.load_state_dict(method.state_dict())
@@ -267,11 +270,8 @@ def test_adco_resumed_from_a_checkpoint_knows_its_negatives_are_filled():
 
 def test_adco_step_moves_negatives_up_the_loss_and_the_encoder_down():
     method = tiny("adco", negatives_lr=0.5)
-    views, labels = pool()
-    fill = torch.optim.SGD(method.param_groups(), lr=0.0)
-    for step, start in enumerate((0, BATCH)):  # fill the 32 negatives with keys (no training: lr 0)
-        idx = torch.arange(start, start + BATCH)
-        train_step(method, fill, [v[idx] for v in views], labels[idx], idx, step)
+    views, _ = pool()
+    train_on_the_first_two_batches(method, torch.optim.SGD(method.param_groups(), lr=0.0))  # fill; lr 0: no training
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.05)
     t_pos, t_neg = method.cfg["loss"]["t_pos"], method.cfg["loss"]["t_neg"]
     batch = [v[2 * BATCH : 3 * BATCH] for v in views]

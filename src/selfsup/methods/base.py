@@ -100,6 +100,16 @@ class Method(nn.Module):
             )
         return [g for g in groups if g["params"]]
 
+    def training_loss(self, out: StepOutput, labels: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What a training step minimises: the method's loss plus the online probe's; and the probe's accuracy.
+
+        Without a probe or without features in ``out`` this is the method's loss alone, and the accuracy None.
+        """
+        if out.features is None or self.probe is None:
+            return out.loss, None
+        probe_loss, accuracy = self.probe_loss(out.features, labels)
+        return out.loss + probe_loss, accuracy
+
     def probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-entropy and accuracy of the online linear probe on detached features.
 

@@ -159,10 +159,7 @@ def bench(
 
     def method_step(replayed: bool = False) -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(views(batch), labels, indices)
-            loss = out.loss
-            if out.features is not None and model.probe is not None:
-                loss = loss + model.probe_loss(out.features, labels)[0]
+            loss, _ = model.training_loss(model(views(batch), labels, indices), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if replayed:  # the optimizer updates the encoder as in a real step

@@ -212,10 +212,9 @@ class Trainer:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             out = self.model(views, labels, indices)
             metrics = {"loss": out.loss.detach(), **out.metrics}
-            total = out.loss
-            if out.features is not None and self.method.probe is not None:
-                probe_loss, metrics["probe_top1"] = self.method.probe_loss(out.features, labels)
-                total = total + probe_loss
+            total, probe_top1 = self.method.training_loss(out, labels)
+            if probe_top1 is not None:
+                metrics["probe_top1"] = probe_top1
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.method.on_after_backward(self.step)
