@@ -17,6 +17,7 @@ from torch import nn
 BACKBONES: dict[str, str] = {
     "resnet18": "selfsup.nn.resnet:resnet18",
     "resnet50": "selfsup.nn.resnet:resnet50",
+    "convnet": "selfsup.nn.convnet:convnet",
     "vit_tiny": "selfsup.nn.vit:vit_tiny",
     "vit_small": "selfsup.nn.vit:vit_small",
     "conv_gru": "selfsup.nn.sequence:conv_gru",
