@@ -1,4 +1,4 @@
-"""Batched views: each operation checked statistically on real CIFAR-10 images and against literal references."""
+"""Batched views: each operation checked statistically on real photographs and against literal references."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import colorsys
 import itertools
 import math
 import random
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,7 +13,6 @@ import torch.nn.functional as F
 from selfsup.data import ops
 from selfsup.data.views import PRESETS, ViewSpec, build_views, jitter_parameters, normalize
 
-SHARED_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "test.tar.gz"
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
@@ -26,10 +23,23 @@ def seeded():
 
 @pytest.fixture(scope="module")
 def cifar() -> torch.Tensor:
-    """400 real CIFAR-10 (JPEG) test images, uint8 [400, 3, 32, 32], spread over the classes."""
-    from selfsup.data.folder import load_image_folder
+    """400 CIFAR-size crops of real photographs, uint8 [400, 3, 32, 32].
 
-    return load_image_folder(SHARED_TEST, "test", limit=400, progress=False).data
+    scikit-learn ships two photographs (427 x 640); each is shrunk by 3 (antialiased, so a 32-px crop holds
+    a scene's worth of edges and colours, like a CIFAR image) and cut into 200 crops at seeded positions.
+    """
+    from sklearn.datasets import load_sample_images
+
+    generator = torch.Generator().manual_seed(0)
+    crops = []
+    for photo in load_sample_images().images:
+        image = torch.tensor(photo).permute(2, 0, 1).unsqueeze(0).float()
+        small = F.interpolate(image, scale_factor=1 / 3, mode="bilinear", antialias=True).round().clamp(0, 255)
+        _, _, height, width = small.shape
+        ys = torch.randint(0, height - 32 + 1, (200,), generator=generator)
+        xs = torch.randint(0, width - 32 + 1, (200,), generator=generator)
+        crops += [small[0, :, y : y + 32, x : x + 32] for y, x in zip(ys.tolist(), xs.tolist())]
+    return torch.stack(crops).to(torch.uint8)
 
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
