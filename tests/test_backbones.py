@@ -40,5 +40,5 @@ def test_any_module_can_be_the_encoder(tmp_path):
     summary = fit("simclr", "digits", out_dir=tmp_path / "mlp", encoder=encoder, datasets=digits(),
                   assignments=DIGITS_SMALL + ["train.epochs=2"])
     assert 0.0 < summary["knn_top1"] <= 1.0
-    trained = torch.load(tmp_path / "mlp" / "checkpoints" / "last.pt", weights_only=False)["method"]
+    trained = torch.load(tmp_path / "mlp" / "checkpoints" / "last.pt", weights_only=True)["method"]
     assert trained["encoder.1.weight"].shape == (48, 64)

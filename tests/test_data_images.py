@@ -15,6 +15,7 @@ from PIL import Image
 
 import selfsup.data.download as download
 from selfsup.data import load_dataset
+from selfsup.data.cifar import FORMATS
 from selfsup.data.folder import HOLDOUT
 
 CLASSES = ["cat", "dog", "frog"]
@@ -49,6 +50,16 @@ def fake_cifar(folder: Path, name: str = "cifar10", per_file: int = 4) -> dict[s
     return arrays
 
 
+def publish(monkeypatch, path: Path, name: str) -> None:
+    """Make the checksums of a fake dataset the "published" ones: every file of a CIFAR folder, or an archive."""
+    if path.is_dir():
+        for file in path.iterdir():
+            monkeypatch.setitem(FORMATS[name].md5, file.name, hashlib.md5(file.read_bytes()).hexdigest())
+    else:
+        archive = download.ARCHIVES[name]
+        monkeypatch.setitem(download.ARCHIVES, name, download.Archive(archive.url, hashlib.md5(path.read_bytes()).hexdigest()))
+
+
 def make_tar(source: Path, archive: Path, arcname: str) -> Path:
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w:gz") as tar:
@@ -72,8 +83,9 @@ def write_image_folder(root: Path, splits=("train", "test"), per_class: int = 4,
     return out
 
 
-def test_cifar_python_folder_and_its_tar_gz_give_the_same_splits(tmp_path):
+def test_cifar_python_folder_and_its_tar_gz_give_the_same_splits(tmp_path, monkeypatch):
     expected = fake_cifar(tmp_path / "a" / "cifar-10-batches-py")
+    publish(monkeypatch, tmp_path / "a" / "cifar-10-batches-py", "cifar10")
     train = load_dataset("cifar10", tmp_path / "a", "train")
     test = load_dataset("cifar10", tmp_path / "a", "test")
     assert train.data.shape == (20, 3, 32, 32) and test.data.shape == (4, 3, 32, 32)
@@ -81,14 +93,16 @@ def test_cifar_python_folder_and_its_tar_gz_give_the_same_splits(tmp_path):
     np.testing.assert_array_equal(train.labels.numpy(), expected["train_labels"])
     assert train.classes == CLASSES and train.channels == 3 and len(train.mean) == 3
     assert torch.equal(load_dataset("cifar10", tmp_path / "a", "pretrain").data, train.data)
-    make_tar(tmp_path / "a" / "cifar-10-batches-py", tmp_path / "b" / "cifar-10-python.tar.gz", "cifar-10-batches-py")
+    publish(monkeypatch, make_tar(tmp_path / "a" / "cifar-10-batches-py", tmp_path / "b" / "cifar-10-python.tar.gz",
+                                  "cifar-10-batches-py"), "cifar10")
     from_tar = load_dataset("cifar10", tmp_path / "b", "test", progress=False)
     np.testing.assert_array_equal(from_tar.data.numpy(), expected["test"])
     assert list((tmp_path / "decoded").glob("cifar10-test-*/data.npy"))
 
 
-def test_cifar100_fine_labels(tmp_path):
+def test_cifar100_fine_labels(tmp_path, monkeypatch):
     expected = fake_cifar(tmp_path / "cifar100" / "cifar-100-python", "cifar100")
+    publish(monkeypatch, tmp_path / "cifar100" / "cifar-100-python", "cifar100")
     test = load_dataset("cifar100", tmp_path, "test")
     np.testing.assert_array_equal(test.labels.numpy(), expected["test_labels"])
     assert test.classes == CLASSES
@@ -142,7 +156,7 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(
     assert len(load_dataset(f"folder:{archive}", tmp_path / "root", "train", progress=False)) == 6
 
 
-def test_stl10_binary_folder_and_archive(tmp_path):
+def test_stl10_binary_folder_and_archive(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
     folder = tmp_path / "a" / "stl10_binary"
     folder.mkdir(parents=True)
@@ -158,7 +172,7 @@ def test_stl10_binary_folder_and_archive(tmp_path):
     assert train.labels.tolist() == [0, 9, 2] and train.classes[9] == "c9"
     pretrain = load_dataset("stl10", tmp_path / "a", "pretrain")
     assert len(pretrain) == 7 and pretrain.labels.tolist()[3:] == [-1] * 4
-    make_tar(folder, tmp_path / "b" / "stl10_binary.tar.gz", "stl10_binary")
+    publish(monkeypatch, make_tar(folder, tmp_path / "b" / "stl10_binary.tar.gz", "stl10_binary"), "stl10")
     test = load_dataset("stl10", tmp_path / "b", "test")
     np.testing.assert_array_equal(test.data.numpy(), images["test"])
 
@@ -189,7 +203,7 @@ def test_unreadable_image_stops_with_its_name_or_is_skipped_with_a_count(tmp_pat
     assert len(data) == 12 and "skipped 1 unreadable image(s)" in capsys.readouterr().err
 
 
-def test_bad_sources_give_one_line_errors(tmp_path):
+def test_bad_sources_give_one_line_errors(tmp_path, monkeypatch):
     def error(spec, root=tmp_path / "root", split="train"):
         with pytest.raises((ValueError, FileNotFoundError)) as info:
             load_dataset(spec, root, split, progress=False)
@@ -206,6 +220,8 @@ def test_bad_sources_give_one_line_errors(tmp_path):
     folder = tmp_path / "c" / "cifar-10-batches-py"
     fake_cifar(folder)
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}))
+    assert "does not match the published checksum" in error("cifar10", tmp_path / "c", "test")
+    publish(monkeypatch, folder, "cifar10")
     assert "expected 3 channels" in error("cifar10", tmp_path / "c", "test")
     assert "unknown dataset 'imagenet'" in error("imagenet")
     assert "unknown split" in error("digits", split="val")

@@ -3,12 +3,17 @@
 Looked for in ``root`` (and ``root/<name>``) in this order: the extracted python folder
 (``cifar-10-batches-py``), the official archive (``cifar-10-python.tar.gz``, read without extracting),
 an ImageFolder (``root/<name>/{train,test}`` as folders or ``.tar.gz``); otherwise the official
-archive is downloaded into ``root`` and checked against its MD5.
+archive is downloaded into ``root``.
+
+The python-format batches are pickles. Before one is read, the archive (or, in an extracted folder,
+each batch file) is checked against its published MD5, and the batch is then unpickled by a restricted
+unpickler that admits numpy arrays, lists, dicts and strings only: a tampered file is refused
+before any of its content runs.
 """
 
 from __future__ import annotations
 
-import pickle
+import hashlib
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -19,8 +24,9 @@ import torch
 
 from selfsup.data.base import ArrayDataset
 from selfsup.data.cache import cached, source_key
-from selfsup.data.download import ARCHIVES, fetch
+from selfsup.data.download import ARCHIVES, fetch, verify
 from selfsup.data.folder import load_image_folder
+from selfsup.data.restricted_pickle import RefusedPickle, restricted_loads
 
 PIXELS = 3 * 32 * 32
 
@@ -35,28 +41,50 @@ class CifarFormat:
     names_key: bytes
     mean: tuple[float, float, float]  # of the training set, in [0, 1]
     std: tuple[float, float, float]
+    md5: dict[str, str]  # of each file of the extracted folder, as torchvision's CIFAR10/CIFAR100 list them
 
 
 FORMATS = {
     "cifar10": CifarFormat(
         "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), b"labels",
         "batches.meta", b"label_names", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        {
+            "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+            "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+            "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+            "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+        },
     ),
     "cifar100": CifarFormat(
         "cifar-100-python", ("train",), ("test",), b"fine_labels", "meta", b"fine_label_names",
         (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        {
+            "train": "16019d7e3df5f24257cddd939b257f8d", "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+            "meta": "7973b15100ade9c7d40fb424638fde48",
+        },
     ),
 }
 
 
 def _unpickle(raw: bytes, name: str) -> dict:
     try:
-        return pickle.loads(raw, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        batch = restricted_loads(raw)
+    except RefusedPickle as refused:
+        raise ValueError(
+            f"{name} was refused: it asks to run {refused}, which a CIFAR batch never does; "
+            "delete it and download the dataset again from its official source"
+        ) from None
+    except Exception as err:  # any malformed pickle: EOFError, UnpicklingError, ValueError, TypeError, ...
         raise ValueError(f"{name} is not a readable CIFAR python-format file ({err}); download it again") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{name} holds a {type(batch).__name__}, not a CIFAR python-format batch; download it again")
+    return batch
 
 
 def _batch_arrays(batch: dict, fmt: CifarFormat, name: str) -> tuple[np.ndarray, np.ndarray]:
+    missing = [key.decode() for key in (b"data", fmt.label_key) if key not in batch]
+    if missing:
+        raise ValueError(f"{name} has no {' or '.join(missing)}: it is not a CIFAR python-format batch")
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != PIXELS:
         raise ValueError(
@@ -71,6 +99,8 @@ def _assemble(read, fmt: CifarFormat, split: str) -> tuple[dict[str, np.ndarray]
     files = fmt.train_files if split in ("pretrain", "train") else fmt.test_files
     parts = [_batch_arrays(_unpickle(read(f), f), fmt, f) for f in files]
     meta = _unpickle(read(fmt.meta_file), fmt.meta_file)
+    if fmt.names_key not in meta:
+        raise ValueError(f"{fmt.meta_file} has no {fmt.names_key.decode()}: it is not CIFAR's metadata file")
     classes = [c.decode() for c in meta[fmt.names_key]]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -79,6 +109,7 @@ def _assemble(read, fmt: CifarFormat, split: str) -> tuple[dict[str, np.ndarray]
 
 def _from_archive(archive: Path, fmt: CifarFormat, split: str, name: str):
     def build():
+        verify(archive, ARCHIVES[name].md5, f"the {name} python-format archive")
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 files = {Path(m.name).name: tar.extractfile(m).read() for m in tar if m.isfile()}
@@ -103,7 +134,9 @@ def _from_folder(folder: Path, fmt: CifarFormat, split: str):
         path = folder / filename
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: the {fmt.folder} folder is incomplete")
-        return path.read_bytes()
+        raw = path.read_bytes()
+        verify(path, fmt.md5[filename], f"the CIFAR file {filename}", found=hashlib.md5(raw).hexdigest())
+        return raw
 
     return _assemble(read, fmt, split)
 

@@ -39,6 +39,19 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def verify(path: Path, md5: str, what: str, found: str | None = None) -> None:
+    """Stop unless ``path`` has the published MD5 ``md5`` (``found``: its MD5, when already computed).
+
+    A damaged or altered file is never read further.
+    """
+    found = found or file_md5(path)
+    if found != md5:
+        raise ValueError(
+            f"{path} does not match the published checksum of {what} (MD5 {found}, expected {md5}): it is damaged "
+            "or was altered; delete it and download it again from the official source"
+        )
+
+
 def download(url: str, destination: Path, md5: str, progress: bool = True) -> Path:
     """Fetch ``url`` to ``destination`` (via a ``.part`` file) and check its MD5; a mismatch deletes it."""
     destination = Path(destination)
@@ -67,7 +80,10 @@ def download(url: str, destination: Path, md5: str, progress: bool = True) -> Pa
 
 
 def fetch(name: str, root: Path, progress: bool = True) -> Path:
-    """The official archive of dataset ``name`` in ``root``, downloaded and verified if it is not there yet."""
+    """The official archive of dataset ``name`` in ``root``, downloaded and verified if it is not there yet.
+
+    An archive already there is verified by its reader before it is used (``verify``).
+    """
     archive = ARCHIVES[name]
     path = Path(root) / archive.filename
     if path.exists():

@@ -1,7 +1,8 @@
 """STL-10 (Coates, Ng, Lee 2011): 96x96 colour images, 5,000 labelled train, 8,000 test, 100,000 unlabelled.
 
 Read from the binary format (``stl10_binary/{train,test,unlabeled}_X.bin``), as a folder or inside the
-official ``stl10_binary.tar.gz`` (downloaded with its MD5 when missing). Each image is stored as
+official ``stl10_binary.tar.gz`` (downloaded when missing, and checked against its published MD5 before
+it is read). Each image is stored as
 3 x 96 x 96 bytes in column-major order. 'pretrain' is train + unlabeled (labels -1 for the latter).
 """
 
@@ -17,7 +18,7 @@ import torch
 
 from selfsup.data.base import ArrayDataset
 from selfsup.data.cache import cached, source_key
-from selfsup.data.download import ARCHIVES, fetch
+from selfsup.data.download import ARCHIVES, fetch, verify
 
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
@@ -85,6 +86,7 @@ def load_stl10(root: str | Path, split: str = "train", progress: bool = True) ->
         source = source or fetch("stl10", root, progress)
 
         def build():
+            verify(source, ARCHIVES["stl10"].md5, "the STL-10 binary archive")
             try:
                 with tarfile.open(source, "r:gz") as tar:
                     members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
