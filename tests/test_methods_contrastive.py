@@ -19,6 +19,7 @@ from selfsup.losses import info_nce
 from selfsup.methods.base import RunInfo
 from selfsup.methods.moco import shuffle_across_ranks, unshuffle_across_ranks
 from selfsup.nn.memory import MemoryBank, Queue
+from selfsup.nn.split_bn import SplitBatchNorm, convert_to_split_batchnorm
 from selfsup.nn.resnet import resnet18
 from selfsup.train.config import build_config
 from selfsup.train.optim import build_optimizer
@@ -28,12 +29,13 @@ POOL, BATCH, SIDE = 64, 16, 16
 
 # Small heads and memories so that a step takes milliseconds; queue/negatives smaller than the
 # pool minus a batch so that they never hold the current images' own keys.
+# Two batch-norm groups of 8 (the presets' 8 groups would leave 2 samples per group in a batch of 16).
 TINY_HEADS = {
-    "moco": {"proj_hidden_dim": 32, "proj_out_dim": 16, "queue_size": 32},
-    "mocov1": {"proj_out_dim": 16, "queue_size": 32},
+    "moco": {"proj_hidden_dim": 32, "proj_out_dim": 16, "queue_size": 32, "bn_splits": 2},
+    "mocov1": {"proj_out_dim": 16, "queue_size": 32, "bn_splits": 2},
     "instdisc": {"proj_out_dim": 16, "noise_samples": 32},
     "supcon": {"proj_hidden_dim": 32, "proj_out_dim": 16},
-    "adco": {"proj_hidden_dim": 32, "proj_out_dim": 16, "num_negatives": 32},
+    "adco": {"proj_hidden_dim": 32, "proj_out_dim": 16, "num_negatives": 32, "bn_splits": 2},
 }
 CONTRASTIVE = sorted(TINY_HEADS)
 
@@ -333,6 +335,137 @@ def test_shuffled_batch_norm_and_memories_across_two_gloo_processes(tmp_path):
     written = [0, 4, 1, 5]  # rank 0 wrote rows 0 and 4, rank 1 rows 1 and 5; every rank holds all four
     expected = F.normalize(torch.cat([r0["x"][:2], r1["x"][:2]]), dim=1)
     assert torch.allclose(r0["bank"][written], expected) and torch.allclose(r1["bank"][written], expected)
+
+
+# ---- shuffling BN in one process: split BatchNorm as in the authors' CIFAR-10 demo ---------------------------------
+
+
+def test_split_batchnorm_normalises_each_block_with_its_own_statistics_and_averages_the_running_ones():
+    torch.manual_seed(0)
+    x = torch.randn(12, 3, 4, 4) * 2 + 1
+    layer = SplitBatchNorm(3, num_splits=3, momentum=0.1)
+    layer.weight.data, layer.bias.data = torch.rand(3), torch.randn(3)
+    y = layer(x)
+    blocks = x.chunk(3)  # group g: the g-th contiguous block of B/S samples, as rank g under DDP
+    expected = torch.cat([F.batch_norm(b, None, None, layer.weight, layer.bias, True, 0.0, layer.eps) for b in blocks])
+    torch.testing.assert_close(y, expected)
+    # The authors' SplitBatchNorm: each block updates a copy of the running buffers, the copies are averaged.
+    means = torch.stack([b.mean((0, 2, 3)) for b in blocks])
+    variances = torch.stack([b.var((0, 2, 3), correction=1) for b in blocks])
+    torch.testing.assert_close(layer.running_mean, 0.9 * torch.zeros(3) + 0.1 * means.mean(0))
+    torch.testing.assert_close(layer.running_var, 0.9 * torch.ones(3) + 0.1 * variances.mean(0))
+    layer.eval()  # evaluation: the running statistics, as plain BatchNorm
+    torch.testing.assert_close(
+        layer(x), F.batch_norm(x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0, layer.eps)
+    )
+    with pytest.raises(ValueError, match="multiple of 3"):
+        layer.train()(x[:10])
+
+
+def _unsplit_copy(module: torch.nn.Module) -> torch.nn.Module:
+    copied = copy.deepcopy(module)
+    for m in copied.modules():
+        if isinstance(m, SplitBatchNorm):
+            m.num_splits = 1
+    return copied
+
+
+def _splits(method) -> set[int]:
+    layers = [m for enc in (method.encoder, method.key_encoder) for m in enc.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert layers
+    return {m.num_splits if isinstance(m, SplitBatchNorm) else 1 for m in layers}
+
+
+@pytest.mark.parametrize("name", ["moco", "mocov1", "adco"])
+def test_one_process_splits_the_batch_norm_of_both_encoders_as_the_presets_say(name):
+    assert methods.preset(name)["cifar"]["head"]["bn_splits"] == 8  # the demo's --bn-splits 8
+    assert _splits(tiny(name, bn_splits=8)) == {8}
+    assert _splits(tiny(name, bn_splits=1)) == {1}
+    torch.manual_seed(0)
+    cfg = build_config(name, methods.preset(name), "cifar", {"head": TINY_HEADS[name], "train": {"batch_size": BATCH}},
+                       ["train.sync_batchnorm=true"])
+    encoder = resnet18(width=4, stem="cifar", in_channels=3)
+    info = RunInfo(encoder.out_dim, POOL, 0, POOL // BATCH, 1, 3, SIDE)
+    assert _splits(methods.get(name)(encoder, cfg, info)) == {1}  # synchronised BN: one batch, no split
+    with pytest.raises(ValueError, match="head.bn_splits"):
+        tiny(name, bn_splits=5)
+
+
+@pytest.mark.parametrize("name", ["moco", "adco"])
+def test_queries_and_keys_are_normalised_with_different_groups_of_samples(name):
+    """The query of image i sees the statistics of its own block of B/S images; its key, those of a block of the
+    shuffled batch (MoCo Sec. 3.3). Reference: each block through the plain-BN encoders on its own."""
+    method = tiny(name, bn_splits=4)
+    views, _ = pool()
+    x1, x2 = views[0][:BATCH], views[1][:BATCH]
+    torch.manual_seed(3)
+    out = method([x1, x2])
+    torch.manual_seed(3)
+    permutation = torch.randperm(BATCH)
+    encoder, key_encoder = _unsplit_copy(method.encoder), _unsplit_copy(method.key_encoder)
+    with torch.no_grad():
+        q = torch.cat([F.normalize(method.projector(encoder(block)), dim=1) for block in x1.chunk(4)])
+        key_groups = permutation.view(4, -1)
+        k = torch.empty_like(q)
+        for group in key_groups:
+            k[group] = F.normalize(method.key_projector(key_encoder(x2[group])), dim=1)
+    torch.testing.assert_close(out.embeddings[0].detach(), q, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.embeddings[1], k, rtol=1e-4, atol=1e-5)
+    query_groups = torch.arange(BATCH).view(4, -1)
+    assert any(set(g.tolist()) not in [set(h.tolist()) for h in query_groups] for g in key_groups)
+
+
+def test_without_the_shuffle_each_key_shares_its_querys_batch_norm_group():
+    """The ablation the shuffle exists for (shuffle_bn false): key i is normalised with query i's own group."""
+    method = tiny("moco", bn_splits=4, shuffle_bn=False)
+    views, _ = pool()
+    x2 = views[1][:BATCH]
+    key_encoder = _unsplit_copy(method.key_encoder)
+    with torch.no_grad():
+        k = method.keys(x2)
+        aligned = torch.cat([F.normalize(method.key_projector(key_encoder(b)), dim=1) for b in x2.chunk(4)])
+    torch.testing.assert_close(k, aligned, rtol=1e-4, atol=1e-5)
+
+
+def _split_bn_rank_worker(rank: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    method = tiny("moco", bn_splits=2)  # same seed, same weights on both ranks; the split is off under DDP
+    views, _ = pool()
+    own = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+    torch.manual_seed(11)  # rank 0 draws the key permutation and broadcasts it
+    out = method([views[0][:BATCH][own], views[1][:BATCH][own]])
+    torch.save({"q": out.embeddings[0].detach(), "k": out.embeddings[1], "loss": out.loss.detach()},
+               Path(folder) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_split_batch_norm_in_one_process_equals_shuffled_batch_norm_on_two_ranks(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_split_bn_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    method = tiny("moco", bn_splits=2)
+    views, _ = pool()
+    torch.manual_seed(11)
+    out = method([views[0][:BATCH], views[1][:BATCH]])
+    torch.testing.assert_close(out.embeddings[0].detach(), torch.cat([r["q"] for r in ranks]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.embeddings[1], torch.cat([r["k"] for r in ranks]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.loss.detach(), (ranks[0]["loss"] + ranks[1]["loss"]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_converting_to_split_batchnorm_shares_parameters_and_buffers():
+    encoder = resnet18(width=4, stem="cifar", in_channels=3)
+    before = dict(encoder.state_dict(keep_vars=True))
+    convert_to_split_batchnorm(encoder, 4)
+    after = encoder.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()  # encoder.safetensors keeps its keys
+    assert all(after[key] is before[key] for key in before)
 
 
 # Digits has about 1,260 training images, so memories sized for CIFAR/ImageNet would hold each

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from selfsup import distributed
 from selfsup.losses import adco
 from selfsup.methods.base import Method, RunInfo, StepOutput
-from selfsup.methods.moco import momentum_keys, needs_shuffled_bn
+from selfsup.methods.moco import momentum_keys, needs_shuffled_bn, split_batchnorm
 from selfsup.nn.heads import mlp
 from selfsup.nn.momentum import ema_update, momentum_copy
 
@@ -38,6 +38,7 @@ class AdCo(Method):
     def __init__(self, encoder, cfg: dict, info: RunInfo):
         super().__init__(encoder, cfg, info)
         head = cfg["head"]
+        split_batchnorm(self.encoder, cfg)  # shuffling BN as in MoCo, emulated in one process
         self.projector = mlp(
             info.feature_dim, head["proj_hidden_dim"], head["proj_out_dim"], num_layers=2, batch_norm=False
         )
@@ -61,7 +62,7 @@ class AdCo(Method):
         return StepOutput(loss=loss, features=h, embeddings=(q, k))
 
     def keys(self, x: Tensor) -> Tensor:
-        """Keys of the momentum encoder, with the batch shuffled across ranks under DDP."""
+        """Keys of the momentum encoder, the batch shuffled across devices (ranks, or BN splits in one process)."""
         if self._shuffle is None:
             self._shuffle = self.shuffle_bn and needs_shuffled_bn(self.key_encoder)
         return momentum_keys(self.key_encoder, self.key_projector, x, self._shuffle)

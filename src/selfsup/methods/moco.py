@@ -6,8 +6,16 @@
     after the step: theta_k <- m theta_k + (1 - m) theta_q;  enqueue k, dequeue the oldest
 
 v1 projects with one linear layer; v2 with a 2-layer MLP (no BN) and adds blur to the views.
-Under DDP the key encoder sees a batch shuffled across ranks (shuffling BN, v1 Sec. 3.3),
-so its BatchNorm statistics cannot leak which key belongs to which query.
+
+Shuffling BN (v1 Sec. 3.3): BatchNorm statistics are per device, and the key encoder sees the
+batch in a random order, so a query and its positive key are not normalised with the statistics
+of the same samples (which would let the pair be recognised by the leak instead of by content).
+Under DDP each rank is one device and the keys are shuffled across ranks. In one process the
+authors' CIFAR-10 demo (facebookresearch/moco, colab/moco_cifar10_demo.ipynb) emulates
+``--bn-splits 8`` devices: every BatchNorm of both encoders normalises groups of B/8 samples
+(``nn.split_bn``) and the keys are shuffled across the groups. ``head.bn_splits`` sets the number of
+groups (1: one BN batch, as the demo's SyncBatchNorm analogue); ``train.sync_batchnorm: true``
+normalises over the whole batch everywhere and needs no shuffle.
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ from selfsup.methods.base import Method, RunInfo, StepOutput
 from selfsup.nn.heads import mlp
 from selfsup.nn.memory import Queue
 from selfsup.nn.momentum import ema_update, momentum_copy
+from selfsup.nn.split_bn import SplitBatchNorm, convert_to_split_batchnorm
 from selfsup.nn.sync_bn import GlobalBatchNorm
+
+DEFAULT_BN_SPLITS = 8  # the authors' CIFAR-10 demo: --bn-splits 8, "to simulate 8 GPUs"
 
 
 @torch.no_grad()
@@ -49,15 +60,40 @@ def _own_slice(order: Tensor) -> Tensor:
 
 
 def needs_shuffled_bn(key_encoder: nn.Module) -> bool:
-    """Shuffle only under DDP, and only if the key encoder's BatchNorm is per rank (not synchronised)."""
-    if not distributed.is_distributed():
+    """Whether the keys' BatchNorm statistics are per device: per rank under DDP, per split in one process.
+
+    Synchronised (global) BatchNorm sees the whole batch whatever its order, so it needs no shuffle.
+    """
+    if any(isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm)) for m in key_encoder.modules()):
         return False
-    return not any(isinstance(m, (nn.SyncBatchNorm, GlobalBatchNorm)) for m in key_encoder.modules())
+    if distributed.is_distributed():
+        return True
+    return any(isinstance(m, SplitBatchNorm) and m.num_splits > 1 for m in key_encoder.modules())
+
+
+def split_batchnorm(encoder: nn.Module, cfg: dict) -> None:
+    """Turn ``encoder``'s BatchNorm layers into ``head.bn_splits`` groups, unless BN is synchronised.
+
+    Call it before the momentum copy is made, so that both encoders split alike (as in the authors' demo).
+    The split is active in one process only; under DDP the layers act as plain per-rank BatchNorm.
+    """
+    splits = cfg["head"].get("bn_splits", DEFAULT_BN_SPLITS)
+    if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
+        raise ValueError(f"head.bn_splits must be a whole number >= 1, got {splits!r}")
+    if splits == 1 or cfg["train"].get("sync_batchnorm", True):
+        return
+    batch = cfg["train"]["batch_size"]
+    if distributed.world_size() == 1 and batch % splits:
+        raise ValueError(
+            f"batch size {batch} cannot be split into head.bn_splits={splits} batch-norm groups: "
+            f"use a multiple of {splits} or --set head.bn_splits=N with N dividing {batch}"
+        )
+    convert_to_split_batchnorm(encoder, splits)
 
 
 @torch.no_grad()
 def momentum_keys(key_encoder: nn.Module, key_projector: nn.Module, x: Tensor, shuffle: bool) -> Tensor:
-    """normalise(g_k(f_k(x))), computed on a batch shuffled across ranks when ``shuffle``."""
+    """normalise(g_k(f_k(x))), computed on a batch shuffled across devices (ranks, or BN splits) when ``shuffle``."""
     if shuffle:
         x, permutation = shuffle_across_ranks(x)
     k = F.normalize(key_projector(key_encoder(x)), dim=1)
@@ -73,6 +109,7 @@ class MoCo(Method):
     def __init__(self, encoder, cfg: dict, info: RunInfo):
         super().__init__(encoder, cfg, info)
         head = cfg["head"]
+        split_batchnorm(self.encoder, cfg)
         self.projector = mlp(
             info.feature_dim, head.get("proj_hidden_dim", info.feature_dim), head["proj_out_dim"],
             num_layers=head["proj_layers"], batch_norm=False,
@@ -95,7 +132,7 @@ class MoCo(Method):
         return StepOutput(loss=loss, metrics=metrics, features=h, embeddings=(q, k))
 
     def keys(self, x: Tensor) -> Tensor:
-        """Keys of the momentum encoder, with the batch shuffled across ranks under DDP."""
+        """Keys of the momentum encoder, the batch shuffled across devices (ranks, or BN splits in one process)."""
         if self._shuffle is None:
             self._shuffle = self.shuffle_bn and needs_shuffled_bn(self.key_encoder)
         return momentum_keys(self.key_encoder, self.key_projector, x, self._shuffle)

@@ -1,0 +1,94 @@
+"""Split batch normalisation: several devices' per-device BatchNorm, emulated in one process.
+
+MoCo's shuffling BN (He et al. 2020, Sec. 3.3) relies on each GPU normalising its own share of
+the batch. In one process the authors' CIFAR-10 demo (facebookresearch/moco,
+colab/moco_cifar10_demo.ipynb, ``SplitBatchNorm``, ``--bn-splits 8``) splits every BatchNorm of
+both encoders into S groups instead. Here group g holds the g-th contiguous block of B/S samples,
+as rank g would under DDP, and in training each group is normalised with its own statistics:
+
+    y_i = gamma * (x_i - mean_g) / sqrt(var_g + eps) + beta,   g = the group of sample i
+
+Running statistics follow the authors' layer: each group updates a copy of the running buffers
+with the usual momentum and the copies are averaged,
+    running_mean <- (1 - m) running_mean + m * mean_g(mean_g)   (var: the groups' unbiased variances).
+Evaluation mode, S = 1, and runs under DDP (where each rank already is one group) use plain BatchNorm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup import distributed
+
+
+class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm1d/2d whose training statistics are computed per group of ``B / num_splits`` samples."""
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        if num_splits < 1:
+            raise ValueError(f"batch norm needs at least one split, got num_splits={num_splits}")
+        self.num_splits = num_splits
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"batch norm expects [B, C, ...] input, got shape {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.num_splits == 1 or distributed.is_distributed():
+            return super().forward(x)
+        self._check_input_dim(x)
+        splits, (batch, channels), rest = self.num_splits, x.shape[:2], x.shape[2:]
+        if batch % splits:
+            raise ValueError(
+                f"a batch of {batch} samples cannot be split into {splits} batch-norm groups: use a batch size "
+                f"that is a multiple of {splits}, or set head.bn_splits to a divisor of it"
+            )
+        # [B, C, ...] -> [B/S, S*C, ...]: channel block g of row j is sample g*B/S + j, so that one
+        # batch_norm call normalises each group (block of channels) over its own B/S samples.
+        grouped = x.reshape(splits, batch // splits, channels, *rest).transpose(0, 1).reshape(
+            batch // splits, splits * channels, *rest
+        )
+        running_mean = running_var = None
+        momentum = 0.0
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            running_mean = self.running_mean.repeat(splits)
+            running_var = self.running_var.repeat(splits)
+        weight = self.weight.repeat(splits) if self.affine else None
+        bias = self.bias.repeat(splits) if self.affine else None
+        y = F.batch_norm(grouped, running_mean, running_var, weight, bias, True, momentum, self.eps)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.copy_(running_mean.view(splits, channels).mean(0))
+                self.running_var.copy_(running_var.view(splits, channels).mean(0))
+        y = y.reshape(batch // splits, splits, channels, *rest).transpose(0, 1).reshape(x.shape)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
+
+
+def convert_to_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
+    """Every BatchNorm layer of ``module`` as a ``SplitBatchNorm`` sharing its parameters and buffers."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SplitBatchNorm):
+        tensors = [*module.parameters(), *module.buffers()]
+        converted = SplitBatchNorm(
+            module.num_features, num_splits, eps=module.eps, momentum=module.momentum, affine=module.affine,
+            track_running_stats=module.track_running_stats, device=tensors[0].device if tensors else None,
+        )
+        if module.affine:
+            converted.weight, converted.bias = module.weight, module.bias
+        if module.track_running_stats:
+            converted.running_mean, converted.running_var = module.running_mean, module.running_var
+            converted.num_batches_tracked = module.num_batches_tracked
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        setattr(module, name, convert_to_split_batchnorm(child, num_splits))
+    return module
