@@ -142,6 +142,33 @@ def test_presets_follow_the_papers():
     assert list(projector_layers.values()) == [2, 3]  # the authors' code: 2 for a ResNet, 3 for a ViT
 
 
+def layout(mlp: torch.nn.Sequential) -> list[str]:
+    """Each layer as a short name: Linear / Linear+bias, BN / BN-affine (gamma and beta), ReLU."""
+    names = []
+    for m in mlp:
+        if isinstance(m, torch.nn.Linear):
+            names.append("Linear+bias" if m.bias is not None else "Linear")
+        elif isinstance(m, torch.nn.BatchNorm1d):
+            names.append("BN-affine" if m.affine else "BN")
+        else:
+            names.append(type(m).__name__)
+    return names
+
+
+def test_mocov3_heads_follow_the_authors_builder():
+    """facebookresearch/moco-v3 moco/builder.py: _build_mlp uses bias-free Linear layers, BN + ReLU after hidden
+    layers, BN without affine at the end, except the ResNet predictor (MoCo_ResNet: last_bn=False)."""
+    hidden = ["Linear", "BN-affine", "ReLU"]
+    resnet = build("mocov3", resnet18(width=4))
+    assert layout(resnet.projector) == hidden + ["Linear", "BN"]
+    assert layout(resnet.predictor) == hidden + ["Linear"]
+    vit = build("mocov3", vit_tiny(input_size=8, width=16, depth=1))
+    assert layout(vit.projector) == hidden + hidden + ["Linear", "BN"]
+    assert layout(vit.predictor) == hidden + ["Linear", "BN"]
+    forced = build("mocov3", resnet18(width=4), ["head.pred_last_bn=true"])
+    assert layout(forced.predictor) == hidden + ["Linear", "BN"]
+
+
 # ---- learning on digits: beats the random-init encoder's kNN with healthy collapse monitors --------------------------
 
 DIGITS = {

@@ -6,8 +6,11 @@
                                                             keys of the whole (gathered) batch are the negatives
     theta' <- m theta' + (1 - m) theta,  m = 1 - (1 - m_0)(cos(pi k / K) + 1) / 2
 
-Projector and predictor MLPs end in BatchNorm without affine and have no biases (the authors' code);
-the projector has 2 layers for ResNets and 3 for ViTs (``head.proj_layers``; null picks by backbone).
+MLPs as in the authors' code (facebookresearch/moco-v3 moco/builder.py ``_build_mlp``, also solo-learn's
+solo/methods/mocov3.py): Linear layers without bias, BN + ReLU after each hidden layer; the projector ends in
+BatchNorm without affine and has 2 layers for a ResNet, 3 for a ViT (``head.proj_layers``); the 2-layer
+predictor ends in BatchNorm without affine for a ViT only (``MoCo_ViT``), in its last Linear for a ResNet
+(``MoCo_ResNet``: ``_build_mlp(2, dim, mlp_dim, dim, False)``) (``head.pred_last_bn``). Null picks by backbone.
 With a ViT, ``backbone.frozen_patch_embed`` keeps the random patch projection fixed (Sec. 5.1).
 """
 
@@ -33,9 +36,14 @@ class MoCoV3(Method):
         super().__init__(encoder, cfg, info)
         head = cfg["head"]
         hidden, out = head["proj_hidden_dim"], head["proj_out_dim"]
-        layers = head.get("proj_layers") or (3 if isinstance(encoder, VisionTransformer) else 2)
+        vit = isinstance(encoder, VisionTransformer)
+        layers = head.get("proj_layers") or (3 if vit else 2)
+        pred_last_bn = head.get("pred_last_bn")
+        pred_last_bn = vit if pred_last_bn is None else pred_last_bn
         self.projector = mlp(info.feature_dim, hidden, out, num_layers=layers, last_batch_norm=True)
-        self.predictor = mlp(out, head["pred_hidden_dim"], out, num_layers=2, last_batch_norm=True)
+        self.predictor = mlp(
+            out, head["pred_hidden_dim"], out, num_layers=2, last_batch_norm=pred_last_bn, last_bias=False
+        )
         self.momentum_encoder = momentum_copy(encoder)
         self.momentum_projector = momentum_copy(self.projector)
         self.momentum = head["momentum_base"]
@@ -53,6 +61,12 @@ class MoCoV3(Method):
             info_nce(q1, k2, temperature=tau, gather=True) + info_nce(q2, k1, temperature=tau, gather=True)
         )
         return StepOutput(loss=loss, metrics={"momentum": self.momentum}, features=h1, embeddings=(z1, z2))
+
+    def runtime_state(self) -> dict:
+        return {"momentum": self.momentum}  # logged by the next step
+
+    def load_runtime_state(self, state: dict) -> None:
+        self.momentum = state["momentum"]
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         head = self.cfg["head"]
