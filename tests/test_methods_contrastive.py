@@ -210,6 +210,28 @@ def test_instdisc_can_freeze_the_partition_function_at_its_first_batch_value():
     assert torch.equal(method.log_partition, first)
 
 
+def test_instdisc_presets_are_what_the_authors_ran_and_the_proximal_term_is_an_option():
+    """lemniscate.pytorch cifar.py: lr 0.03 at batch 128, no proximal term; main.py: lr 0.03 at batch 256."""
+    for scale, lr, batch in (("cifar", 0.03, 128), ("imagenet", 0.03, 256)):
+        cfg = build_config("instdisc", methods.preset("instdisc"), scale)
+        assert cfg["train"]["batch_size"] == batch and cfg["head"]["proximal_weight"] == 0.0
+        assert cfg["optim"]["lr"] * batch / 256 == pytest.approx(lr) and cfg["optim"]["scale_lr"]
+    views, _ = pool()
+    idx = torch.arange(BATCH)
+    losses = {}
+    for weight in (0.0, 50.0):
+        method = tiny("instdisc", proximal_weight=weight)
+        method.bank.update(idx, torch.randn(BATCH, 16), momentum=0.0)  # bank entries away from the embeddings
+        torch.manual_seed(0)
+        out = method([views[0][idx]], indices=idx)
+        v, previous = out.embeddings
+        proximal = ((v.detach() - previous) ** 2).sum(1).mean()
+        losses[weight] = (out.loss.item(), out.metrics["nce"].item(), proximal.item())
+    assert losses[0.0][0] == pytest.approx(losses[0.0][1])  # the default: the NCE loss alone
+    nce, proximal = losses[50.0][1], losses[50.0][2]
+    assert proximal > 0.1 and losses[50.0][0] == pytest.approx(nce + 50.0 * proximal, rel=1e-5)
+
+
 def test_instdisc_and_supcon_say_what_they_need():
     views, _ = pool()
     with pytest.raises(ValueError, match="indices"):
@@ -498,18 +520,17 @@ def test_learns_on_digits_with_healthy_collapse_monitors(name, tmp_path, no_plot
     assert monitors["effective_rank"] > 5, monitors
     # SupCon maps each of the 10 classes to one point by design; 10 points on the sphere give a
     # low per-dimension spread, so its floor is lower than that of the instance-level methods.
-    # InstDisc's proximal term (lambda = 50, 11x the pull of its NCE data term) holds each embedding
-    # at its bank entry: they spread in a narrow cone (rank > 10) with a per-dimension spread near 0.14.
-    assert monitors["z_std_ratio"] > {"supcon": 0.05, "instdisc": 0.1}.get(name, 0.15), monitors
+    assert monitors["z_std_ratio"] > {"supcon": 0.05}.get(name, 0.15), monitors
 
 
 def test_instdisc_with_the_preset_noise_count_keeps_its_bank_and_learns_over_two_epochs(tmp_path, no_plots):
-    """Regression: with Z frozen at its value against the random initial bank, a bank refilled with real
-    embeddings made every noise posterior saturate; the embeddings fled their own bank entries (proximal
-    term stuck at 2), NCE rose 4x from epoch 1 to 2 and kNN fell. Preset k = 4096 and lr, digits."""
+    """Regression: with Z frozen at its value against the random initial bank (the authors' first_batch), a bank
+    refilled with real embeddings made every noise posterior saturate: NCE rose 4.5x from epoch 1 to 2 (17.7 to
+    80.9) and the embeddings collapsed to a narrow cone. Preset k = 4096, lr and (no) proximal term, digits."""
     result = learns_on_digits("instdisc", tmp_path, ["train.epochs=2", "eval.every=1"])
     first, last = (json.loads(line) for line in (tmp_path / "instdisc" / "metrics.jsonl").read_text().splitlines())
-    assert last["loss"] < first["loss"] and last["nce"] < 1.5 * first["nce"], (first, last)
-    assert last["proximal"] < 1.7, last  # the embeddings stay near their (updated) bank entries
+    # Epoch 2 is scored against a bank of real embeddings, harder than epoch 1's half-random one; a Z that
+    # follows the bank keeps the NCE loss of the same order.
+    assert last["nce"] < 1.5 * first["nce"], (first, last)
     assert last["knn_top1"] > first["knn_top1"] and last["knn_top1"] > result.knn_random_init + 0.3, (first, last)
     assert last["effective_rank"] > 10 and last["z_std_ratio"] > 0.15, last

@@ -7,13 +7,17 @@
     L = -log h(i, v) - sum_{j ~ P_n, k of them} log(1 - h(j, v)) + lambda ||v - v_i||^2
     after the step: v_i <- normalise(m v_i + (1 - m) v)
 
-The last term is the proximal regularisation of Sec. 3.4: it keeps the embedding of an
-image near its previous value, which damps the oscillation of the NCE objective.
+The last term is the proximal regularisation of Sec. 3.3: it keeps the embedding of an
+image near its previous value, which damps the oscillation of the NCE objective. The authors'
+released code (zhirongw/lemniscate.pytorch: cifar.py, main.py, lib/NCEAverage.py, lib/NCECriterion.py)
+has no such term, so ``head.proximal_weight`` (lambda) defaults to 0, what they ran; a positive
+value (e.g. ``--set head.proximal_weight=50``) adds the term.
 
 Z is a constant of the loss (no gradient). The paper notes that freezing it at the value
 of the initial batches works in practice (``head.partition_estimate: first_batch``, the
-authors' code). That value is measured against the random unit vectors the bank starts
-with; once the bank holds the network's own, far from uniform, embeddings the true Z is
+authors' code: lib/NCEAverage.py sets Z = N * mean exp(v_j . v / tau) over the first batch's
+K + 1 entries, data entry included, and keeps it). That value is measured against the random
+vectors the bank starts with; once the bank holds the network's own, far from uniform, embeddings the true Z is
 orders of magnitude larger (log Z 7.5 at the first step, 14 in epoch 2 on digits), so a frozen Z
 overestimates every P(j | v) by that factor, the noise posteriors saturate at h = 1 and
 the noise term pushes each embedding away from the bank with a force up to k times that of
@@ -55,7 +59,7 @@ class InstDisc(Method):
         self.bank = MemoryBank(info.num_samples, head["proj_out_dim"])
         self.noise_samples = head["noise_samples"]
         self.bank_momentum = head["bank_momentum"]
-        self.proximal_weight = head["proximal_weight"]
+        self.proximal_weight = head.get("proximal_weight", 0.0)
         self.temperature = cfg["loss"]["temperature"]
         self.partition_estimate = head["partition_estimate"]
         if self.partition_estimate not in ("every_step", "first_batch"):
