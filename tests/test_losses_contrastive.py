@@ -75,14 +75,49 @@ def test_supcon_matches_reference(labels, views):
     labels = None if labels is None else torch.tensor(labels)
     assert_same_value_and_gradients(
         lambda f: supcon(f, labels, temperature=0.2),
-        lambda f: reference.supcon(f, labels, temperature=0.2),
+        lambda f: reference.supcon(f, labels, temperature=0.2) * (0.2 / 0.07),  # the authors' t / t_base
         randn(5, views, 4),
+    )
+
+
+def supcon_loss_of_the_authors(features, labels=None, temperature=0.07, base_temperature=0.07):
+    """HobbitLong/SupContrast losses.py SupConLoss.forward (contrast_mode 'all'), transcribed step by step."""
+    batch_size = features.shape[0]
+    mask = torch.eye(batch_size) if labels is None else torch.eq(labels.view(-1, 1), labels.view(1, -1)).float()
+    contrast_count = features.shape[1]
+    contrast_feature = torch.cat(torch.unbind(features, dim=1), dim=0)
+    anchor_feature, anchor_count = contrast_feature, contrast_count
+    anchor_dot_contrast = torch.div(torch.matmul(anchor_feature, contrast_feature.T), temperature)
+    logits_max, _ = torch.max(anchor_dot_contrast, dim=1, keepdim=True)
+    logits = anchor_dot_contrast - logits_max.detach()
+    mask = mask.repeat(anchor_count, contrast_count)
+    logits_mask = torch.scatter(torch.ones_like(mask), 1, torch.arange(batch_size * anchor_count).view(-1, 1), 0)
+    mask = mask * logits_mask
+    exp_logits = torch.exp(logits) * logits_mask
+    log_prob = logits - torch.log(exp_logits.sum(1, keepdim=True) + 1e-9)
+    mean_log_prob_pos = (mask * log_prob).sum(1) / mask.sum(1)
+    loss = -(temperature / base_temperature) * mean_log_prob_pos
+    return loss.view(anchor_count, batch_size).mean()
+
+
+@pytest.mark.parametrize("labels", [None, [0, 1, 0, 2, 1, 2], [3, 3, 3, 3, 3, 3]])
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_supcon_equals_the_authors_loss_with_its_base_temperature(labels, temperature):
+    """Features already on the unit sphere (the authors normalise in the model); 2 views: every anchor has a positive."""
+    features = torch.nn.functional.normalize(randn(6, 2, 5).float(), dim=-1)
+    labels = None if labels is None else torch.tensor(labels)
+    expected = supcon_loss_of_the_authors(features, labels, temperature=temperature)
+    torch.testing.assert_close(supcon(features, labels, temperature=temperature), expected, rtol=1e-5, atol=1e-6)
+    assert supcon(features, labels, temperature=temperature, base_temperature=temperature).item() == pytest.approx(
+        expected.item() * 0.07 / temperature, rel=1e-5
     )
 
 
 def test_supcon_without_labels_is_nt_xent():
     features = randn(6, 2, 5)
-    torch.testing.assert_close(supcon(features, temperature=0.3), nt_xent(features[:, 0], features[:, 1], 0.3))
+    torch.testing.assert_close(
+        supcon(features, temperature=0.3, base_temperature=0.3), nt_xent(features[:, 0], features[:, 1], 0.3)
+    )
 
 
 def test_supcon_without_any_positive_is_zero_not_nan():
@@ -225,7 +260,7 @@ def test_identical_views_of_orthonormal_vectors_give_the_closed_form():
     z = torch.eye(n, dtype=torch.float64)
     expected = math.log(1 + (2 * n - 2) * math.exp(-1 / t))
     assert nt_xent(z, z, temperature=t).item() == pytest.approx(expected)
-    assert supcon(torch.stack([z, z], 1), temperature=t).item() == pytest.approx(expected)
+    assert supcon(torch.stack([z, z], 1), temperature=t, base_temperature=t).item() == pytest.approx(expected)
     assert info_nce(z, z, temperature=t).item() == pytest.approx(math.log(1 + (n - 1) * math.exp(-1 / t)))
     assert alignment(z, z).item() == 0.0
     assert contrastive_margin(z, z, torch.ones(n)).item() == 0.0
@@ -272,7 +307,9 @@ def test_batch_of_two():
     a, b = randn(2, 3, seed=1), randn(2, 3, seed=2)
     torch.testing.assert_close(nt_xent(a, b), reference.nt_xent(a, b))
     torch.testing.assert_close(info_nce(a, b), reference.info_nce(a, b))
-    torch.testing.assert_close(supcon(torch.stack([a, b], 1)), reference.supcon(torch.stack([a, b], 1)))
+    torch.testing.assert_close(
+        supcon(torch.stack([a, b], 1), base_temperature=0.1), reference.supcon(torch.stack([a, b], 1))
+    )
     torch.testing.assert_close(uniformity(a), reference.uniformity(a))
     # two samples of different classes: no anchor has a positive, the loss is 0 and not NaN
     assert batch_triplet(a, torch.tensor([0, 1])).item() == 0.0

@@ -133,15 +133,23 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5, gather: bool = Fal
     return F.cross_entropy(logits, partner)
 
 
-def supcon(features: Tensor, labels: Tensor | None = None, temperature: float = 0.1, gather: bool = False) -> Tensor:
-    """Supervised contrastive loss L^sup_out (Khosla et al. 2020, eq. 2).
+def supcon(
+    features: Tensor,
+    labels: Tensor | None = None,
+    temperature: float = 0.1,
+    base_temperature: float = 0.07,
+    gather: bool = False,
+) -> Tensor:
+    """Supervised contrastive loss L^sup_out (Khosla et al. 2020, eq. 2), scaled as in the authors' code.
 
-        L = mean_{i : |P(i)| > 0}  -1/|P(i)| sum_{p in P(i)} log exp(z_i.z_p / t) / sum_{a in A(i)} exp(z_i.z_a / t)
+        L = (t / t_base) mean_{i : |P(i)| > 0}  -1/|P(i)| sum_{p in P(i)} log exp(z_i.z_p / t) / sum_{a in A(i)} exp(z_i.z_a / t)
 
     ``features``: [B, V, D] (V views per sample, L2-normalised here); ``labels``: [B] or ``None``.
     A(i) is every other view in the batch, P(i) those with the anchor's label. Anchors without a
-    positive are excluded (a zero loss, never NaN, when none has one). ``labels=None`` makes each
-    sample its own class, which is SimCLR's NT-Xent for V = 2.
+    positive are excluded (a zero loss, never NaN, when none has one). The factor t / t_base is the
+    authors' (HobbitLong/SupContrast losses.py: ``temperature / base_temperature``, base 0.07), not
+    the paper's; ``base_temperature=temperature`` gives eq. 2 alone. ``labels=None`` makes each
+    sample its own class: then, with V = 2 and t_base = t, this is SimCLR's NT-Xent.
     """
     if features.dim() != 3:
         raise ValueError(f"supcon: features must be [batch, views, dim], got {tuple(features.shape)}")
@@ -163,7 +171,7 @@ def supcon(features: Tensor, labels: Tensor | None = None, temperature: float = 
     per_anchor = -log_prob.masked_fill(~is_positive, 0.0).sum(1) / positives.clamp_min(1)
     anchors_with_positive = _global_count((positives > 0).sum(), gather)
     anchors_with_positive = torch.where(anchors_with_positive > 0, anchors_with_positive, 1.0)
-    return per_anchor.sum() / anchors_with_positive.to(per_anchor.dtype)
+    return (temperature / base_temperature) * per_anchor.sum() / anchors_with_positive.to(per_anchor.dtype)
 
 
 def nce(scores_data: Tensor, scores_noise: Tensor, noise_prob: float, k: int) -> Tensor:
