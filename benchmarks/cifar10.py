@@ -107,22 +107,16 @@ def balanced_subset(data: ArrayDataset, size: int, seed: int = 0) -> ArrayDatase
         members = (data.labels == label).nonzero().flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[: size // classes]])
     index = torch.cat(chosen).sort().values
-    return ArrayDataset(data.data[index], data.labels[index], data.classes, data.name, data.kind, data.mean, data.std,
-                        data.view_preset)
+    return ArrayDataset(data.data[index], data.labels[index], data.classes, data.name, data.kind, data.mean, data.std)
 
 
 def settings(args: argparse.Namespace, method: str) -> list[str]:
-    """``--set`` assignments for this run: size, device, a warm-up scaled to the run, then the user's."""
-    preset = methods.preset(method)["cifar"]
-    preset_epochs = preset.get("train", {}).get("epochs", 100)
-    epochs = args.epochs or preset_epochs
-    preset_warmup = preset.get("optim", {}).get("warmup_epochs", 10)
+    """``--set`` assignments for this run: size, device, then the user's (the recipe fits the rest to the run)."""
+    epochs = args.epochs or methods.preset(method)["cifar"].get("train", {}).get("epochs", 100)
     out = [f"backbone.width={args.width}", f"train.epochs={epochs}", f"train.device={args.device}",
            "train.progress=false", "eval.every=0"]
     if args.batch_size:
         out.append(f"train.batch_size={args.batch_size}")
-    if epochs < preset_epochs:
-        out.append(f"optim.warmup_epochs={preset_warmup * epochs / preset_epochs:.4g}")
     return out + list(args.set)
 
 

@@ -56,7 +56,7 @@ def ramp(n: int, size: int = 32) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_gives_normalised_float_views_of_the_declared_sizes(name, cifar):
-    channels, batch = (1, torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)) if name == "digits" else (3, cifar[:16])
+    channels, batch = (1, torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)) if name == "grayscale" else (3, cifar[:16])
     maker = build_views({"preset": name}, channels, batch.shape[-1], MEAN[:channels], STD[:channels])
     views = maker(batch)
     assert len(views) == maker.num_views >= 2
@@ -86,7 +86,7 @@ def test_byol_views_are_asymmetric_and_overrides_apply():
 
 
 def test_bad_view_config_is_one_clear_error():
-    with pytest.raises(ValueError, match="needs 3-channel images.*1 channel.*views.preset=digits"):
+    with pytest.raises(ValueError, match="needs 3-channel images.*1 channel.*views.preset=grayscale"):
         build_views({"preset": "simclr_cifar"}, 1, 8, (0.5,), (0.2,))
     with pytest.raises(ValueError, match="unknown view preset 'nope'"):
         build_views({"preset": "nope"}, 3, 32, MEAN, STD)
@@ -284,7 +284,7 @@ def test_solarize_and_normalize(cifar):
 
 def test_digits_views_jitter_intensity_without_flips():
     images = (ramp(2000, 8)[:, :1] * 30).to(torch.uint8)
-    view = build_views({"preset": "digits"}, 1, 8, (0.0,), (1.0,))(images)[0]
+    view = build_views({"preset": "grayscale"}, 1, 8, (0.0,), (1.0,))(images)[0]
     assert view.shape == (2000, 1, 8, 8)
     assert (view[:, 0, 4, 0] <= view[:, 0, 4, -1]).all()  # never mirrored
     scale = (view[:, 0, 4, -1] - view[:, 0, 4, 0]) / (7 * 30 / 255)

@@ -17,7 +17,6 @@ class ArrayDataset:
     ``ImageFiles`` (``selfsup.data.stream``) with the same ``shape`` that decodes batches on demand.
     labels: int64 [N], -1 where unknown (unlabeled splits).
     mean, std: per-channel normalisation in [0, 1] pixel units (images) or raw units (sequences).
-    view_preset: a view preset this data requires (e.g. 'digits' for 8x8 grayscale); None lets the method choose.
     """
 
     data: Tensor | Any
@@ -27,7 +26,6 @@ class ArrayDataset:
     kind: str = "image"
     mean: tuple[float, ...] = field(default_factory=tuple)
     std: tuple[float, ...] = field(default_factory=tuple)
-    view_preset: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.data) == 0:

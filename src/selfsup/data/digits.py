@@ -31,5 +31,4 @@ def load_digits(split: str = "train") -> ArrayDataset:
         name="digits",
         mean=(float(images[idx_train].mean() / 255.0),),
         std=(float(images[idx_train].std() / 255.0),),
-        view_preset="digits",
     )

@@ -58,10 +58,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "small_crops": 6, "small_size": 16, "small_scale": (0.05, 0.14)},
     # InstDisc (Wu et al. 2018) Sec. 4: crop (0.2, 1), grayscale 0.2, jitter 0.4 always, flip.
     "instdisc": {"scale": (0.2, 1.0), **MOCO_V1_JITTER, "jitter_p": 1.0, "gray_p": 0.2},
-    # 8x8 grayscale digits: crops keep at least half the digit (smaller ones lose the stroke that tells
-    # 1 from 7), no flip (it turns 2 into a mirrored glyph and mixes classes), brightness and contrast
-    # only (one channel: saturation, hue and grayscale do not exist).
-    "digits": {"scale": (0.5, 1.0), "flip_p": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.0,
+    # Small grayscale images (8 px digits, 28 px glyphs): crops keep at least half the image (smaller
+    # ones lose the stroke that tells 1 from 7), no flip (it turns 2 into a mirrored glyph and mixes
+    # classes), brightness and contrast only (one channel: saturation, hue and grayscale do not exist).
+    "grayscale": {"scale": (0.5, 1.0), "flip_p": 0.0, "brightness": 0.4, "contrast": 0.4, "saturation": 0.0,
                "hue": 0.0, "jitter_p": 0.8},
 }
 
@@ -214,7 +214,7 @@ def build_views(cfg_views: dict[str, Any], channels: int, image_size: int, mean:
         if colour:
             raise ValueError(
                 f"view preset '{name}' needs 3-channel images ({', '.join(colour)}); the dataset has {channels} "
-                f"channel(s): choose views.preset=digits or set " + ", ".join(f"views.{key}=0" for key in colour)
+                f"channel(s): choose views.preset=grayscale or set " + ", ".join(f"views.{key}=0" for key in colour)
             )
     per_key = {key: _per_view(key, value, num_views) for key, value in settings.items()}
     specs = [ViewSpec(**{key: values[i] for key, values in per_key.items()}) for i in range(num_views)]

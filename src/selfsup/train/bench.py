@@ -141,7 +141,9 @@ def bench(
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``method`` and of its backbone passes alone, alternating step by step."""
     data = synthetic_images(batch_size * (steps + warmup + 1), image_size)
-    cfg = make_config(method, "synthetic", data, overrides={"backbone": {"name": backbone}}, assignments=assignments)
+    cfg = make_config(
+        method, "synthetic", data, overrides={"backbone": {"name": backbone}}, assignments=assignments, fit_to_run=False
+    )
     dev = resolve_device(device if device != "auto" else cfg["train"]["device"])
     bf16 = dev.type == "cuda" and cfg["train"]["precision"] in ("auto", "bf16")
     seed_everything(0)

@@ -9,6 +9,7 @@ method's modules and state), ``loss`` (its loss's keyword arguments), ``views``,
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import yaml
@@ -46,11 +47,14 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",  # bf16 autocast on CUDA, fp32 on CPU; fp64 for exactness checks
         "compile": False,
         "channels_last": "auto",
-        "checkpoint_every": 1,
+        "checkpoint_every": 1,  # epochs between checkpoints (and the last epoch)
+        "checkpoint_every_steps": 0,  # also a mid-epoch checkpoint every N steps (0: none); resumes exactly
+        "on_nan": "stop",  # a nan/inf loss: 'stop' (last good checkpoint kept) or 'skip' the step and count it
         "sync_batchnorm": True,  # under DDP: batch statistics over the global batch (MoCo uses shuffled BN instead)
         "find_unused_parameters": False,
         "progress": True,
     },
+    "recipe": {"fit": True},  # rescale run-relative preset values to short runs and small data (train/recipe.py)
     "eval": {"every": 10, "linear_every": 0, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4, "plots": True},
 }
 
@@ -66,9 +70,31 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's numbers: ``1e-3`` and ``1e6`` are floats (YAML 1.1 needs a dot and a signed exponent)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$|^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (a ``--set`` value or a config file) with YAML 1.2 numbers; one-line error if malformed."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(error, "problem", None) or error.__class__.__name__
+        raise ValueError(f"cannot parse YAML{at}: {problem}") from None
+
+
 def parse_value(text: str) -> Any:
-    """YAML scalar parsing for ``--set`` values: 0.2 -> float, true -> bool, [1, 2] -> list."""
-    return yaml.safe_load(text)
+    """YAML scalar parsing for ``--set`` values: 0.2, 1e-3 -> float, true -> bool, [1, 2] -> list."""
+    return load_yaml(text)
 
 
 def set_dotted(cfg: dict[str, Any], assignment: str) -> None:

@@ -16,6 +16,7 @@ from selfsup.data import ArrayDataset, load_dataset
 from selfsup.methods.base import Method, RunInfo
 from selfsup.nn.backbones import build_backbone, output_dim
 from selfsup.train.config import DEFAULTS, build_config, deep_merge, scale_of
+from selfsup.train.recipe import explicit_keys, fit_recipe
 
 
 @dataclass
@@ -51,20 +52,21 @@ def make_config(
     data_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
     assignments: list[str] | None = None,
+    fit_to_run: bool = True,
 ) -> dict[str, Any]:
     """The full run config: defaults, the method's preset for this data's scale, overrides, ``--set``.
 
-    A dataset that needs its own views (8x8 grayscale digits) replaces the preset's
-    views unless the user chose ``views.preset`` explicitly.
+    fit_to_run: rescale the preset's run-relative values (warm-up, batch, memories, EMA, prototypes,
+    kNN k, small-image backbone and views) to this data and run length, leaving every key the user
+    set alone (``train.recipe``); False keeps the preset verbatim (``selfsup bench``).
     """
     cls = methods.get(method)
     if cls.data_kind not in ("any", data.kind):
         raise ValueError(f"method '{method}' trains on {cls.data_kind} data but '{data_spec}' holds {data.kind}s")
     scale = scale_of(data.kind, data.input_size)
     base = {"data": {"spec": data_spec, "dir": data_dir}}
-    if data.view_preset:
-        base["views"] = {"preset": data.view_preset}
-    return build_config(method, methods.preset(method), scale, deep_merge(base, overrides or {}), assignments)
+    cfg = build_config(method, methods.preset(method), scale, deep_merge(base, overrides or {}), assignments)
+    return fit_recipe(cfg, data, explicit_keys(overrides, assignments)) if fit_to_run else cfg
 
 
 def validate(cfg: dict[str, Any], data: ArrayDataset, world: int) -> None:

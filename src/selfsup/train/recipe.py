@@ -1,0 +1,271 @@
+"""Fitting a paper's recipe to the run at hand: a short run, a small dataset, small images.
+
+Presets hold the papers' recipes: 200 to 1000 epochs over 50,000 to 1.28M images. Several of
+their numbers are really fractions of the run or of the dataset, and copied verbatim into a
+run of 20 epochs over 1,257 digits they stop doing their job: 10 warm-up epochs are half the
+run, a 4096-key queue holds every image's own older keys as negatives, an EMA target with a
+100-step time constant barely moves in 80 steps, 3000 prototypes outnumber the images.
+
+``fit_recipe`` keeps every preset number whose role survives at this size and rescales the
+others by the role they play in the paper's setting, each rule below saying which. A key the
+user set (``--set``, a command-line flag, an override) is never touched. The config's
+``recipe`` section records every change with the preset's value and the reason, so
+``config.yaml`` still says exactly what ran; a config read back (resume, rerun) is not refitted.
+At the papers' own scale every rule leaves the preset as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from selfsup.data import ArrayDataset
+
+SMALL_IMAGE_SIDE = 28  # images this small get the small convnet unless a backbone is named
+MIN_STEPS_PER_EPOCH = 4  # the batch shrinks (by powers of two) until an epoch has this many steps
+WARMUP_FRACTION = 0.1  # warm-up at most this fraction of the run
+EMA_RUN_FRACTION = 0.125  # an EMA's time constant 1 / (1 - m) at most this fraction of the run's steps
+MEMORY_FRACTION = 0.25  # queues, negatives and noise samples at most this fraction of the dataset
+IMAGES_PER_PROTOTYPE = 16  # solo-learn's CIFAR-10 SwAV: 3000 prototypes for 50,000 images
+PROTOTYPE_FREEZE_FRACTION = 0.05  # prototypes frozen at most this fraction of the run
+KNN_CLASS_FRACTION = 0.15  # InstDisc's k = 200 is ~16 % of an ImageNet class (1,281 images)
+
+
+@dataclass(frozen=True)
+class RunSize:
+    """What the rules scale by."""
+
+    samples: int  # pretraining images
+    labelled_per_class: float  # labelled training images per class (kNN neighbours)
+    epochs: int
+    steps: int  # optimizer steps of the whole run at the fitted batch size
+    image_side: int
+    channels: int
+
+
+Rule = Callable[[dict[str, Any], RunSize], dict[str, tuple[Any, str]]]
+
+
+def explicit_keys(overrides: dict[str, Any] | None, assignments: list[str] | None) -> set[str]:
+    """Dotted keys a user set: every leaf of ``overrides`` and the key of every ``key=value`` assignment."""
+    keys: set[str] = set()
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                keys.add(f"{prefix}{key}")
+
+    walk(overrides or {}, "")
+    keys.update(a.split("=", 1)[0].strip() for a in assignments or [] if "=" in a)
+    return keys
+
+
+def is_explicit(key: str, explicit: set[str]) -> bool:
+    """True if ``key`` or a section above it was set by the user."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in explicit for i in range(1, len(parts) + 1))
+
+
+def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str]) -> dict[str, Any]:
+    """``cfg`` with the run-relative preset values rescaled to ``data`` and ``train.epochs``.
+
+    The returned config's ``recipe`` section maps each changed key to its value, the preset's
+    value and why; ``recipe.fit: false`` in ``cfg`` (or the user's ``--set recipe.fit=false``)
+    keeps the preset verbatim.
+    """
+    cfg = copy.deepcopy(cfg)
+    recipe = cfg.setdefault("recipe", {})
+    recipe.setdefault("fit", True)
+    if not recipe["fit"] or data.kind != "image":
+        return cfg
+    changes: dict[str, Any] = {}
+    for rule in RULES:
+        size = run_size(cfg, data)
+        for key, (value, why) in rule(cfg, size).items():
+            if is_explicit(key, explicit):
+                continue
+            preset = get_dotted(cfg, key)
+            if preset == value:
+                continue
+            set_dotted_value(cfg, key, value)
+            changes[key] = {"value": value, "preset": preset, "why": why}
+    size = run_size(cfg, data)
+    recipe["run"] = {"images": size.samples, "epochs": size.epochs, "steps": size.steps, "image_side": size.image_side}
+    recipe["changes"] = changes
+    return cfg
+
+
+def run_size(cfg: dict[str, Any], data: ArrayDataset) -> RunSize:
+    labelled = int((data.labels >= 0).sum())
+    batch = cfg["train"]["batch_size"]
+    epochs = cfg["train"]["epochs"]
+    steps_per_epoch = len(data) // batch if isinstance(batch, int) and batch > 0 else 0
+    return RunSize(
+        samples=len(data),
+        labelled_per_class=labelled / max(data.num_classes, 1),
+        epochs=epochs if isinstance(epochs, int) else 0,
+        steps=steps_per_epoch * (epochs if isinstance(epochs, int) else 0),
+        image_side=data.input_size,
+        channels=data.channels,
+    )
+
+
+# ---- the rules: each returns {dotted key: (value, why)} for the keys it would set ----------------
+
+
+def small_image_backbone(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """Images of 28 px or less: the small convnet instead of a ResNet that pools them to 1x1."""
+    if size.image_side > SMALL_IMAGE_SIDE or not str(cfg["backbone"].get("name", "")).startswith("resnet"):
+        return {}
+    why = (f"{size.image_side} px images: a ResNet's stride-2 stages pool them to "
+           f"{max(1, size.image_side // 8)}x{max(1, size.image_side // 8)}; the 4-block convnet keeps a spatial map")
+    return {"backbone.name": ("convnet", why), "backbone.stem": (None, "the convnet has no stem choice")}
+
+
+def batch_size(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """Halve the preset's batch until an epoch has ``MIN_STEPS_PER_EPOCH`` steps (lr scales with it)."""
+    batch = cfg["train"]["batch_size"]
+    fitted = batch
+    while fitted > 1 and size.samples // fitted < MIN_STEPS_PER_EPOCH:
+        fitted //= 2
+    why = f"{size.samples} images give fewer than {MIN_STEPS_PER_EPOCH} steps per epoch at batch {batch}"
+    return {"train.batch_size": (fitted, why)} if fitted != batch else {}
+
+
+def warmup(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """The preset's warm-up, capped at ``WARMUP_FRACTION`` of the run (papers warm up for 1-10 % of it)."""
+    preset = cfg["optim"].get("warmup_epochs", 0)
+    cap = tidy(WARMUP_FRACTION * size.epochs)
+    if preset <= cap:
+        return {}
+    return {"optim.warmup_epochs": (cap, f"{preset} warm-up epochs would be {preset / max(size.epochs, 1):.0%} "
+                                         f"of a {size.epochs}-epoch run; capped at {WARMUP_FRACTION:.0%}")}
+
+
+def ema_momentum(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """EMA targets (BYOL, MoCo v3, MoCo's key encoder): time constant 1 / (1 - m) at most 1/8 of the run.
+
+    The papers' m = 0.99-0.999 averages over 100-1000 steps of runs of 10^4-10^5 steps.
+    """
+    cap = 1.0 - 1.0 / max(EMA_RUN_FRACTION * size.steps, 1.0)
+    out = {}
+    for key in ("momentum_base", "momentum"):
+        value = cfg["head"].get(key)
+        if isinstance(value, float) and value > cap:
+            out[f"head.{key}"] = (round(cap, 6), f"m = {value} averages over {1 / (1 - value):.0f} steps, more "
+                                                   f"than {EMA_RUN_FRACTION:.0%} of the run's {size.steps}")
+    return out
+
+
+def memory_sizes(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """MoCo's queue, AdCo's negatives, InstDisc's noise samples: at most a quarter of the dataset.
+
+    A queue as long as the dataset holds each image's own older keys as negatives; the papers'
+    memories are 5-16 % of theirs (4096 / 50,000 on CIFAR, 65,536 / 1.28M on ImageNet).
+    """
+    batch = cfg["train"]["batch_size"]
+    cap = int(MEMORY_FRACTION * size.samples)
+    out = {}
+    for key in ("queue_size", "num_negatives", "noise_samples"):
+        value = cfg["head"].get(key)
+        if not isinstance(value, int) or value <= cap or (key == "queue_size" and cfg["method"] == "swav"):
+            continue
+        fitted = max(batch, cap // batch * batch) if key != "noise_samples" else max(cap, 1)
+        out[f"head.{key}"] = (fitted, f"{value} exceeds {MEMORY_FRACTION:.0%} of the {size.samples} images")
+    return out
+
+
+def prototypes(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """SwAV / DeepCluster v2: one prototype per ``IMAGES_PER_PROTOTYPE`` images at most; SwAV's queue and
+    prototype freezing as fractions of the run."""
+    value = cfg["head"].get("num_prototypes")
+    if value is None:
+        return {}
+    cap = max(size.samples // IMAGES_PER_PROTOTYPE, 2)
+    out: dict[str, tuple[Any, str]] = {}
+    counts = value if isinstance(value, list) else [value]
+    if max(counts) > cap:
+        fitted = [min(c, cap) for c in counts] if isinstance(value, list) else min(value, cap)
+        out["head.num_prototypes"] = (fitted, f"{max(counts)} prototypes for {size.samples} images; "
+                                              f"at most one per {IMAGES_PER_PROTOTYPE} images")
+        counts = [min(c, cap) for c in counts]
+    if cfg["method"] == "swav":
+        out.update(swav_queue(cfg, size, max(counts)))
+    return out
+
+
+def swav_queue(cfg: dict[str, Any], size: RunSize, num_prototypes: int) -> dict[str, tuple[Any, str]]:
+    head, out = cfg["head"], {}
+    batch = cfg["train"]["batch_size"]
+    if head.get("queue_size", 0) and num_prototypes <= batch:
+        out["head.queue_size"] = (0, f"a batch of {batch} already outnumbers the {num_prototypes} prototypes "
+                                     "Sinkhorn spreads it over (the queue is for batches smaller than that)")
+    freeze = head.get("freeze_prototypes_epochs", 0)
+    cap = tidy(PROTOTYPE_FREEZE_FRACTION * size.epochs)
+    if freeze > cap:
+        out["head.freeze_prototypes_epochs"] = (cap, f"{freeze} frozen epochs capped at "
+                                                     f"{PROTOTYPE_FREEZE_FRACTION:.0%} of the run")
+    return out
+
+
+def knn_neighbours(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """kNN's k = 200 (InstDisc) is ~16 % of an ImageNet class; keep that fraction for small classes."""
+    k = cfg["eval"]["knn_k"]
+    fitted = max(1, min(k, round(KNN_CLASS_FRACTION * size.labelled_per_class)))
+    if fitted >= k:
+        return {}
+    return {"eval.knn_k": (fitted, f"{size.labelled_per_class:.0f} labelled images per class: k = {k} would reach "
+                                   f"into other classes; {KNN_CLASS_FRACTION:.0%} of a class")}
+
+
+def grayscale_views(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """One-channel images: the grayscale view preset instead of a colour one, without the colour preset's
+    own settings (its crop scale, blur, solarization, multi-crop)."""
+    views = cfg["views"]
+    if size.channels != 1 or views.get("preset") in (None, "grayscale"):
+        return {}
+    out = {"views.preset": ("grayscale", f"{size.channels}-channel images have no colour to jitter")}
+    for key in views:
+        if key not in ("preset", "num_views"):
+            out[f"views.{key}"] = (None, f"a setting of the colour preset {views['preset']}")
+    return out
+
+
+RULES: tuple[Rule, ...] = (
+    small_image_backbone, batch_size, warmup, ema_momentum, memory_sizes, prototypes, knn_neighbours,
+    grayscale_views,
+)
+
+
+def tidy(epochs: float) -> int | float:
+    """A number of epochs for config.yaml: whole numbers as ints, fractions to 3 decimals."""
+    rounded = round(epochs, 3)
+    return int(rounded) if rounded.is_integer() else rounded
+
+
+def get_dotted(cfg: dict[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def set_dotted_value(cfg: dict[str, Any], key: str, value: Any) -> None:
+    *sections, leaf = key.split(".")
+    node = cfg
+    for part in sections:
+        node = node.setdefault(part, {})
+    if value is None:
+        node.pop(leaf, None)
+    else:
+        node[leaf] = value
+
+
+def describe(cfg: dict[str, Any]) -> list[str]:
+    """One line per recipe change, for the console."""
+    return [f"{key} = {c['value']} (preset {c['preset']}): {c['why']}"
+            for key, c in cfg.get("recipe", {}).get("changes", {}).items()]
+
