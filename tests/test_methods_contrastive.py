@@ -232,6 +232,39 @@ def test_instdisc_presets_are_what_the_authors_ran_and_the_proximal_term_is_an_o
     assert proximal > 0.1 and losses[50.0][0] == pytest.approx(nce + 50.0 * proximal, rel=1e-5)
 
 
+def test_simclr_projector_is_the_authors_projection_head():
+    """google-research/simclr model_util.py projection_head: Linear layers as wide as the features, BN after each
+    (the hidden ones with scale and centre, then ReLU; the output one with a scale but no centre), no biases."""
+    names = {torch.nn.Linear: "Linear", torch.nn.ReLU: "ReLU"}
+
+    def layout(projector):
+        out = []
+        for m in projector:
+            if isinstance(m, torch.nn.BatchNorm1d):
+                out.append("BN-affine" if m.affine else "BN")
+            else:
+                out.append(names.get(type(m), type(m).__name__) + ("+bias" if getattr(m, "bias", None) is not None else ""))
+        return out
+
+    hidden, output = ["Linear", "BN-affine", "ReLU"], ["Linear", "BN", "ChannelScale"]
+    encoder = resnet18(width=4, stem="cifar", in_channels=3)
+    info = RunInfo(encoder.out_dim, POOL, 0, POOL // BATCH, 1, 3, SIDE)
+    for scale, layers in (("cifar", 3), ("imagenet", 2)):  # current repo's CIFAR command; the v1 release
+        cfg = build_config("simclr", methods.preset("simclr"), scale, {"train": {"batch_size": BATCH}})
+        method = methods.get("simclr")(encoder, cfg, info)
+        assert layout(method.projector) == hidden * (layers - 1) + output, scale
+        assert [m.out_features for m in method.projector if isinstance(m, torch.nn.Linear)] == (
+            [encoder.out_dim] * (layers - 1) + [128]
+        )
+    gamma = method.projector[-1].weight
+    assert gamma.requires_grad and gamma.shape == (128,)
+    assert any(gamma is p for g in method.param_groups() if g.get("lars_exclude") for p in g["params"])
+    views, _ = pool()
+    out = method([views[0][:BATCH], views[1][:BATCH]])
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and gamma.grad is not None and gamma.grad.abs().sum() > 0
+
+
 def test_instdisc_and_supcon_say_what_they_need():
     views, _ = pool()
     with pytest.raises(ValueError, match="indices"):
