@@ -30,10 +30,10 @@ def test_simclr_backbone_work_is_one_trained_pass_over_both_views():
 
 
 def test_byol_backbone_work_includes_the_target_forward_without_gradient():
-    views, passes = _passes("byol")
-    assert sorted(p.with_grad for p in passes) == [False, True]
-    for p in passes:
-        assert torch.equal(p.inputs, torch.cat(views))
+    views, passes = _passes("byol")  # one pass per view (BYOL's apply_once_fn), online then target
+    assert [p.with_grad for p in passes] == [True, True, False, False]
+    for p, view in zip(passes, views + views):
+        assert torch.equal(p.inputs, view)
 
 
 def test_moco_backbone_work_is_a_trained_query_pass_and_a_key_forward():
@@ -48,7 +48,7 @@ def test_bench_reports_both_ratios():
     result = bench("byol", batch_size=8, steps=1, warmup=1, device="cpu", assignments=TINY)
     assert result["overhead"] == pytest.approx(result["step_ms"] / result["backbone_ms"])
     assert result["overhead_vs_two_views"] == pytest.approx(result["step_ms"] / result["two_view_ms"])
-    assert result["backbone_passes"] == ["fwd+bwd 16x3x32x32", "fwd 16x3x32x32"]
+    assert result["backbone_passes"] == ["fwd+bwd 8x3x32x32"] * 2 + ["fwd 8x3x32x32"] * 2
 
 
 def test_replaying_answers_encoder_calls_with_the_recorded_outputs_without_running_them():

@@ -80,6 +80,36 @@ def test_loss_decreases_on_a_fixed_batch(name):
     assert losses[-1] < losses[0] - 1e-3, losses
 
 
+# ---- BYOL and SimSiam: one forward pass per view, so BatchNorm statistics are per view -------------------------
+
+
+@pytest.mark.parametrize("name", ["byol", "simsiam"])
+def test_each_view_is_normalised_with_its_own_batch_statistics(name):
+    """deepmind-research byol_experiment.py (apply_once_fn per view) and facebookresearch/simsiam builder.py:
+    view 1's representation, projection and prediction do not change when view 2's images do."""
+    method = build(name)
+    x1, x2 = fixed_views()
+    other = fixed_views(seed=7)[1]
+    a, b = method([x1, x2]), method([x1, other])
+    torch.testing.assert_close(a.features, b.features, rtol=0, atol=0)
+    torch.testing.assert_close(a.embeddings[0], b.embeddings[0], rtol=0, atol=0)
+    assert not torch.allclose(a.embeddings[1], b.embeddings[1])
+
+
+def test_byol_loss_is_the_symmetric_regression_of_per_view_predictions_on_per_view_targets():
+    method = build("byol")
+    x1, x2 = fixed_views()
+    loss = method([x1, x2]).loss
+    with torch.no_grad():
+        p1, p2 = (method.predictor(method.projector(method.encoder(x))) for x in (x1, x2))
+        t1, t2 = (method.target_projector(method.target_encoder(x)) for x in (x1, x2))
+
+    def regression(p, t):  # byol/utils/helpers.py regression_loss: ||p/|p| - t/|t|||^2, mean over the batch
+        return (F.normalize(p, dim=1) - F.normalize(t, dim=1)).pow(2).sum(1).mean()
+
+    torch.testing.assert_close(loss.detach(), regression(p1, t2) + regression(p2, t1), rtol=1e-5, atol=1e-6)
+
+
 # ---- BYOL: EMA arithmetic and the cosine schedule -------------------------------------------------------------------
 
 

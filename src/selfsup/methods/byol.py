@@ -4,6 +4,10 @@
     z' = g'(f'(x))                                    target: EMA of the online encoder and projector
     L = ||p1/|p1| - sg(z2')/|z2'|||^2 + (1 <-> 2)     = 2 - 2 cos, both directions
     theta' <- tau theta' + (1 - tau) theta,  tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2
+
+Each view goes through the online and the target networks on its own, as in the authors' code
+(deepmind-research byol/byol_experiment.py ``apply_once_fn`` per view): every BatchNorm normalises
+one view's batch, never the two views together.
 """
 
 from __future__ import annotations
@@ -34,15 +38,15 @@ class BYOL(Method):
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
         x1, x2 = views[0], views[1]
-        x = torch.cat([x1, x2])
-        h = self.encoder(x)
-        z1, z2 = self.projector(h).chunk(2)
-        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        h1, h2 = self.encoder(x1), self.encoder(x2)
+        z1, z2 = self.projector(h1), self.projector(h2)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
-            t1, t2 = self.target_projector(self.target_encoder(x)).chunk(2)
+            t1 = self.target_projector(self.target_encoder(x1))
+            t2 = self.target_projector(self.target_encoder(x2))
         loss = (2 + 2 * negative_cosine(p1, t2)) + (2 + 2 * negative_cosine(p2, t1))
         metrics = {"momentum": self.momentum}
-        return StepOutput(loss=loss, metrics=metrics, features=h[: x1.shape[0]], embeddings=(z1, z2))
+        return StepOutput(loss=loss, metrics=metrics, features=h1, embeddings=(z1, z2))
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         head = self.cfg["head"]

@@ -3,13 +3,15 @@
     z = g(f(x)), p = h(z)                              projector ends with BN; h is a bottleneck MLP
     L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2,  D(p, z) = -cos(p, z)
     the predictor h is trained with a fixed (unscheduled) learning rate (Sec. 4.4, Table 1)
+
+Each view goes through encoder, projector and predictor on its own, as in the authors' code
+(facebookresearch/simsiam simsiam/builder.py ``forward``): BatchNorm statistics are per view.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from selfsup.losses import negative_cosine
@@ -34,12 +36,11 @@ class SimSiam(Method):
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
         x1, x2 = views[0], views[1]
-        h = self.encoder(torch.cat([x1, x2]))
-        z = self.projector(h)
-        p1, p2 = self.predictor(z).chunk(2)
-        z1, z2 = z.chunk(2)
+        h1, h2 = self.encoder(x1), self.encoder(x2)
+        z1, z2 = self.projector(h1), self.projector(h2)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
         loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
-        return StepOutput(loss=loss, features=h[: x1.shape[0]], embeddings=(z1, z2))
+        return StepOutput(loss=loss, features=h1, embeddings=(z1, z2))
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The default groups without the predictor, plus the predictor at a fixed learning rate.
