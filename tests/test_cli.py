@@ -7,6 +7,7 @@ import pytest
 
 from selfsup import methods
 from selfsup.cli import main
+from selfsup.train.evaluation import load_run
 from tests.helpers import DIGITS_SMALL
 
 TINY = [a for s in DIGITS_SMALL + ["backbone.width=4", "train.epochs=1"] for a in ("--set", s)]
@@ -56,4 +57,4 @@ def test_train_eval_embed_round_trip(tmp_path, capsys):
     assert evaluated["knn_top1"] == pytest.approx(trained["knn_top1"], abs=1e-6)
     assert main(["embed", "--run", str(run), "--data", "digits", "--out", str(tmp_path / "f.npy")]) == 0
     features = np.load(tmp_path / "f.npy")
-    assert features.shape == (540, 32) and np.isfinite(features).all()
+    assert features.shape == (540, load_run(run)[1].out_dim) and np.isfinite(features).all()

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -29,10 +30,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
             overrides["train"][key] = getattr(args, key)
     if args.compile:
         overrides["train"]["compile"] = True
-    out = args.out or f"runs/{args.method}-{(args.data or 'resume').replace(':', '_').replace('/', '_')}"
     summary = fit(
-        args.method, args.data, out_dir=out, data_dir=args.data_dir, overrides=overrides,
-        assignments=args.set, resume=args.resume,
+        args.method, args.data, out_dir=args.out, data_dir=args.data_dir, overrides=overrides,
+        assignments=args.set, resume=args.resume, overwrite=args.overwrite,
     )
     print(json.dumps(summary))
 
@@ -68,8 +68,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from selfsup.train.demo import demo
+    from selfsup.train.run_folder import next_version
 
-    demo(args.out, args.set)
+    demo(args.out or next_version(Path("runs") / "demo"), args.set)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,11 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
-    train.add_argument("--out", help="run folder (default runs/METHOD-DATA)")
+    train.add_argument("--out", help="run folder (default: a new runs/METHOD-DATA/version_N)")
     train.add_argument("--device", help="cpu | cuda | auto")
     train.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config.yaml key")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    train.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are deleted)")
     train.set_defaults(fn=_cmd_train)
 
     ev = sub.add_parser("eval", help="kNN and/or linear probe of a run's encoder")
@@ -117,22 +119,45 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(fn=_cmd_bench)
 
     demo = sub.add_parser("demo", help="SimCLR on digits on CPU in about a minute")
-    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--out", help="run folder (default: a new runs/demo/version_N)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     demo.set_defaults(fn=_cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; every failure is one line on stderr: exit 2 for input the user can fix, 75 when preempted
+    (resume to continue), 1 for anything unforeseen (``SELFSUP_DEBUG=1`` shows its traceback)."""
+    from selfsup.train.preemption import REQUEUE_EXIT_CODE, Preempted
+
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError) as error:
+    except Preempted as preempted:
+        print(f"selfsup: {preempted}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
+    except (ValueError, OSError, FloatingPointError) as error:  # FileNotFoundError, PermissionError are OSErrors
         if os.environ.get("SELFSUP_DEBUG"):
             raise
-        print(f"selfsup: error: {error}", file=sys.stderr)
+        print(f"selfsup: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("selfsup: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: still one line, with the way to the traceback
+        if os.environ.get("SELFSUP_DEBUG"):
+            raise
+        print(f"selfsup: internal error: {error.__class__.__name__}: {_one_line(error)} "
+              "(run with SELFSUP_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    return text or error.__class__.__name__
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ losses and methods call them unconditionally.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -81,6 +83,15 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` over ranks (no gradient path). Identity in one process."""
     return all_reduce_sum(x) / world_size()
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` in one process); for small per-rank state, e.g. checkpoints."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:

@@ -75,6 +75,17 @@ class Method(nn.Module):
     def on_step_end(self, step: int, total_steps: int) -> None:
         """Called after the optimizer step (EMA, queue and bank updates)."""
 
+    def runtime_state(self) -> dict[str, Any]:
+        """State a resumed run needs that is neither a parameter nor a persistent buffer (plain values, tensors).
+
+        Checkpoints hold it beside ``state_dict()``, so that a run resumed at any step, even mid-epoch,
+        continues exactly as it would have. Called on every rank (it may gather); {} by default.
+        """
+        return {}
+
+    def load_runtime_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``runtime_state`` returned, possibly from a run with another number of processes."""
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Parameter groups for the optimizer.
 

@@ -48,6 +48,12 @@ class BYOL(Method):
         metrics = {"momentum": self.momentum}
         return StepOutput(loss=loss, metrics=metrics, features=h1, embeddings=(z1, z2))
 
+    def runtime_state(self) -> dict:
+        return {"momentum": self.momentum}  # logged by the next step
+
+    def load_runtime_state(self, state: dict) -> None:
+        self.momentum = state["momentum"]
+
     def on_step_end(self, step: int, total_steps: int) -> None:
         head = self.cfg["head"]
         self.momentum = cosine_momentum(head["momentum_base"], head["momentum_final"], step, total_steps)

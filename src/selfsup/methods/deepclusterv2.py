@@ -93,6 +93,12 @@ class DeepClusterV2(Method):
             self.assignments[h, rows] = assigned
         self.seen.fill_(False)
 
+    def runtime_state(self) -> dict:
+        return {"filling_memory": self._filling_memory}  # decided at the epoch's start, from the memory then
+
+    def load_runtime_state(self, state: dict) -> None:
+        self._filling_memory = state["filling_memory"]
+
     def on_after_backward(self, step: int) -> None:
         if self._filling_memory:
             for p in [*self.encoder.parameters(), *self.projector.parameters()]:

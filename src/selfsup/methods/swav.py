@@ -45,8 +45,7 @@ class SwAV(Method):
         self.projector = mlp(info.feature_dim, head["proj_hidden_dim"], dim, num_layers=2)
         self.prototypes = Prototypes(dim, head["num_prototypes"])
         # Each rank keeps its share of the queue, as in the paper's code; Sinkhorn balances over all ranks.
-        # The queue is a cache of recent features, not checkpointed: after a resume (with any number of
-        # processes) it refills within queue_size / batch_size steps.
+        # Checkpoints hold every rank's share (``runtime_state``), not the buffers themselves.
         queue_length = head.get("queue_size", 0) // distributed.world_size()
         self.register_buffer("queue", torch.zeros(2, queue_length, dim), persistent=False)
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
@@ -77,6 +76,22 @@ class SwAV(Method):
                     **self.cfg["loss"])
         metrics = {"queue_used": float(queue_scores is not None)}
         return StepOutput(loss=loss, metrics=metrics, features=h[:batch], embeddings=(z[:batch], z[batch : 2 * batch]))
+
+    def runtime_state(self) -> dict:
+        """The epoch and the queue of every rank (rank-major), so that a resumed run uses the same features."""
+        shares = distributed.gather_no_grad(self.queue.transpose(0, 1).contiguous())  # [world * length, 2, dim]
+        return {"epoch": self.epoch, "queue": shares.cpu(), "queue_filled": int(self.queue_filled)}
+
+    def load_runtime_state(self, state: dict) -> None:
+        """This rank's share of the saved queue; with another number of processes, a slice of the same features."""
+        self.epoch = state["epoch"]
+        length, rank = self.queue.shape[1], distributed.rank()
+        share = state["queue"][rank * length : (rank + 1) * length]
+        if share.shape[0] == length and share.shape[-1] == self.queue.shape[-1]:
+            self.queue.copy_(share.transpose(0, 1))
+            self.queue_filled.fill_(min(state["queue_filled"], length))
+        else:  # the saved queue is too short for this rank's share: it refills within length / batch steps
+            self.queue_filled.zero_()
 
     def on_after_backward(self, step: int) -> None:
         if step < self.frozen_steps:

@@ -1,12 +1,11 @@
-"""The training loop: sharded batches indexed on the device, views, method step, schedules,
-epoch metrics, evaluation, atomic checkpoints, and the run folder of DESIGN.md."""
+"""The training loop: sharded batches indexed on the device, views, method step, schedules, epoch metrics,
+evaluation and checkpoints. The run folder (``run_folder``), preemption (``preemption``), the divergence
+guard (``divergence``) and the configuration's checks (``schema``) each live in a module of their own."""
 
 from __future__ import annotations
 
-import json
-import math
+import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -17,29 +16,25 @@ from tqdm import tqdm
 from selfsup import distributed
 from selfsup.data import iterate_batches
 from selfsup.data.views import build_views
-from selfsup.evaluate.monitors import collapse_monitors
 from selfsup.nn.sync_bn import convert_to_global_batchnorm
-from selfsup.train import report
+from selfsup.train import report, run_folder
 from selfsup.train.checkpoint import load_checkpoint, save_checkpoint
-from selfsup.train.config import data_options, dump
+from selfsup.train.config import data_options
+from selfsup.train.divergence import DivergenceGuard
+from selfsup.train.epoch_record import EpochRecord
 from selfsup.train.evaluation import score_encoder
 from selfsup.train.optim import build_optimizer
+from selfsup.train.preemption import Preempted, PreemptionWatch
+from selfsup.train.resume import resumed_config
 from selfsup.train.schedule import apply_lr, warmup_cosine
-from selfsup.train.setup import (
-    Datasets,
-    build_method,
-    load_datasets,
-    make_config,
-    resolve_device,
-    seed_everything,
-    validate,
-)
+from selfsup.train.schema import check_assignments, check_config, check_overrides
+from selfsup.train.setup import Datasets, build_method, load_datasets, make_config, resolve_device, seed_everything, validate
 
 
 def fit(
     method: str | None = None,
     data: str | None = None,
-    out_dir: str | Path = "runs/latest",
+    out_dir: str | Path | None = None,
     data_dir: str | None = None,
     overrides: dict[str, Any] | None = None,
     assignments: list[str] | None = None,
@@ -47,42 +42,51 @@ def fit(
     resume: bool = False,
     stop_after_epoch: int | None = None,
     datasets: Datasets | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train ``method`` on ``data`` and write the run folder; returns the summary.
+    """Train ``method`` on ``data`` and write the run folder ``out_dir``; returns the summary.
 
-    resume: continue the run in ``out_dir`` from ``checkpoints/last.pt`` with its saved config.
-    stop_after_epoch: return after this many epochs (the schedules still span ``train.epochs``),
-    as a job with a time limit would; ``resume`` continues it.
+    The configuration and the folder are checked before anything is written. ``out_dir`` None: a new
+    ``runs/METHOD-DATA/version_N``. A folder holding a run is refused unless ``resume`` (continue it from
+    ``checkpoints/last.pt`` with its saved config; ``overrides``/``assignments`` may then change only what
+    ``resume.RESUMABLE`` lists, e.g. a larger ``train.epochs``) or ``overwrite`` (replace it).
+    stop_after_epoch: return after this many epochs (the schedules still span ``train.epochs``).
     encoder: any ``nn.Module`` mapping inputs to [B, D], used instead of ``cfg['backbone']``.
     """
-    out = Path(out_dir)
     distributed.init_from_env()
     if resume:
-        cfg = _read_config(out)
-        data_dir = cfg["data"]["dir"]
-        datasets = datasets or load_datasets(cfg["data"]["spec"], data_dir, cfg["data"])
+        if out_dir is None:
+            raise ValueError("--resume needs --out: the run folder to continue")
+        out = Path(out_dir)
+        run_folder.check_target(out, resume=True, overwrite=overwrite)
+        cfg = resumed_config(run_folder.read_config(out), overrides, assignments)
+        datasets = datasets or load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
     else:
         if method is None or data is None:
             raise ValueError("train needs --method and --data (or --resume with --out pointing at a run)")
+        check_assignments(method, assignments)
+        check_overrides(method, overrides)
+        out = Path(out_dir) if out_dir is not None else None
+        if out is not None:
+            run_folder.check_target(out, resume=False, overwrite=overwrite)
         datasets = datasets or load_datasets(data, data_dir, data_options(overrides, assignments))
         cfg = make_config(method, data, datasets.pretrain, data_dir, overrides, assignments)
-    return Trainer(cfg, datasets, out, encoder).run(resume, stop_after_epoch)
-
-
-def _read_config(out: Path) -> dict[str, Any]:
-    import yaml
-
-    path = out / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no run at {out} (config.yaml missing); start it without --resume")
-    return yaml.safe_load(path.read_text())
+        check_config(cfg)
+        out = out or run_folder.next_version(run_folder.default_base(method, data))
+    trainer = Trainer(cfg, datasets, encoder)
+    if not distributed.is_main():
+        return trainer.run(None, resume, stop_after_epoch, out)
+    with run_folder.RunFolder.claim(out, resume=resume, overwrite=overwrite) as folder:
+        if out_dir is None:
+            print(f"selfsup: run folder {out}", file=sys.stderr)
+        return trainer.run(folder, resume, stop_after_epoch, out, overwrite)
 
 
 class Trainer:
     """One run. State that must survive a restart lives in the checkpoint; everything else is rebuilt."""
 
-    def __init__(self, cfg: dict[str, Any], datasets: Datasets, out: Path, encoder: nn.Module | None = None):
-        self.cfg, self.datasets, self.out = cfg, datasets, out
+    def __init__(self, cfg: dict[str, Any], datasets: Datasets, encoder: nn.Module | None = None):
+        self.cfg, self.datasets = cfg, datasets
         train = cfg["train"]
         self.world = distributed.world_size()
         validate(cfg, datasets.pretrain, self.world)
@@ -96,6 +100,7 @@ class Trainer:
         self.batch_size = train["batch_size"]
         self.steps_per_epoch = len(datasets.pretrain) // self.batch_size
         self.total_steps = self.steps_per_epoch * train["epochs"]
+        self.guard = DivergenceGuard(train["on_nan"], self.device)
 
         seed_everything(train["seed"])
         self.method = build_method(cfg, datasets.pretrain, self.steps_per_epoch, encoder).to(self.device, self.dtype)
@@ -117,6 +122,9 @@ class Trainer:
         )
         self.pretrain_labels = datasets.pretrain.labels.to(self.device)
         self.epoch, self.step, self.history = 0, 0, []
+        self.partial: dict[str, Any] | None = None  # a mid-epoch checkpoint's epoch state, until resumed
+        self.folder: run_folder.RunFolder | None = None
+        self.watch = PreemptionWatch()
 
     def _wrap(self, method: nn.Module) -> nn.Module:
         if not distributed.is_distributed():
@@ -131,80 +139,95 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------------
 
-    def run(self, resume: bool = False, stop_after_epoch: int | None = None) -> dict[str, Any]:
+    def run(
+        self, folder: run_folder.RunFolder | None, resume: bool = False, stop_after_epoch: int | None = None,
+        out: Path | None = None, overwrite: bool = False,
+    ) -> dict[str, Any]:
+        """Train in ``folder`` (None on ranks other than 0, which write nothing) to the end or ``stop_after_epoch``."""
+        self.folder, self.out = folder, out
         if resume:
-            self._restore()
-        elif distributed.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(dump(self.cfg))
-            (self.out / "metrics.jsonl").write_text("")
+            self._restore(Path(out) / run_folder.CHECKPOINT)
+        if folder is not None:
+            folder.resume(self.cfg, self.history) if resume else folder.start(self.cfg, overwrite)
         epochs = self.cfg["train"]["epochs"]
         last = epochs if stop_after_epoch is None else min(epochs, stop_after_epoch)
-        while self.epoch < last:
-            record = self._train_epoch()
-            if self._due(self.cfg["eval"]["every"]):
-                record.update(self.evaluate(linear=self._due(self.cfg["eval"]["linear_every"]))[0])
-            self._log(record)
-            self.epoch += 1
-            if self.epoch % self.cfg["train"]["checkpoint_every"] == 0 or self.epoch == epochs:
-                self._save()
+        with self.watch:
+            while self.epoch < last:
+                record = self._train_epoch()
+                if self._due(self.cfg["eval"]["every"]):
+                    record.update(self.evaluate(linear=self._due(self.cfg["eval"]["linear_every"]))[0])
+                self.history.append(record)
+                if folder is not None:
+                    folder.log(record)
+                self.epoch += 1
+                if self.epoch % self.cfg["train"]["checkpoint_every"] == 0 or self.epoch == epochs:
+                    self._save()
         if self.epoch < epochs:
             return {"stopped_at_epoch": self.epoch}
         return self._finish()
 
     def _train_epoch(self) -> dict[str, Any]:
         self.method.train()
-        torch.manual_seed(self.cfg["train"]["seed"] * 1_000_003 + self.epoch * 1_009 + distributed.rank())
-        self.method.on_epoch_start(self.epoch)
+        done = self.step - self.epoch * self.steps_per_epoch  # steps of this epoch a mid-epoch checkpoint holds
+        if self.partial is None:
+            torch.manual_seed(self.cfg["train"]["seed"] * 1_000_003 + self.epoch * 1_009 + distributed.rank())
+            self.method.on_epoch_start(self.epoch)
+            record = EpochRecord()
+        else:  # resumed from a mid-epoch checkpoint
+            record = EpochRecord.from_state(self.partial["record"], self.device)
+            _set_rng(self.partial["rng"], self.device)
+            self.partial = None
         order = self._epoch_order()
-        sums: dict[str, Any] = defaultdict(float)
-        monitor_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        monitor_from = self.steps_per_epoch - self.cfg["eval"]["monitor_batches"]
-        start = time.perf_counter()
         shards = [
             order[i * self.batch_size : (i + 1) * self.batch_size].view(self.world, -1)[distributed.rank()]
-            for i in range(self.steps_per_epoch)
+            for i in range(done, self.steps_per_epoch)
         ]
+        train = self.cfg["train"]
+        every_steps, monitor_from = train["checkpoint_every_steps"], self.steps_per_epoch - self.cfg["eval"]["monitor_batches"]
         bar = tqdm(
             zip(shards, iterate_batches(self.pretrain_data, shards, self.device)), total=self.steps_per_epoch,
-            desc=f"epoch {self.epoch + 1}/{self.cfg['train']['epochs']}",
-            disable=not (self.cfg["train"]["progress"] and distributed.is_main()), leave=False,
+            initial=done, desc=f"epoch {self.epoch + 1}/{train['epochs']}",
+            disable=not (train["progress"] and distributed.is_main()), leave=False,
         )
-        for i, (indices, batch) in enumerate(bar):
-            lr = apply_lr(self.optimizer, warmup_cosine(
+        start = time.perf_counter()
+        for i, (indices, batch) in enumerate(bar, start=done):
+            record.lr = apply_lr(self.optimizer, warmup_cosine(
                 self.step, self.total_steps, self.cfg["optim"]["warmup_epochs"] * self.steps_per_epoch,
                 self.cfg["optim"]["min_lr_ratio"],
             ))
-            out, metrics = self._step(indices, batch)
-            for key, value in metrics.items():
-                sums[key] = sums[key] + value.to(self.device)
-            if i >= monitor_from and out.embeddings is not None:
-                monitor_pairs.append(tuple(e.detach().float() for e in out.embeddings))
-            if i % 10 == 0 or i == self.steps_per_epoch - 1:
-                loss = metrics["loss"].item()
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss} at step {self.step}: lower optim.lr or check the data")
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
+            step = self._step(indices, batch)
+            if step is None:
+                record.skipped += 1
+            else:
+                record.add(step[1], step[0].embeddings, monitor=i >= monitor_from)
+            if (i % 10 == 0 or i == self.steps_per_epoch - 1) and step is not None:
+                self.guard.check()
+                bar.set_postfix(loss=f"{step[1]['loss'].item():.4f}", lr=f"{record.lr:.3g}")
+            signal = self.watch.requested()
+            if signal or (every_steps and self.step % every_steps == 0 and i + 1 < self.steps_per_epoch):
+                record.seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self._save(record)
+            if signal:
+                raise Preempted(
+                    f"stopped by {signal} at epoch {self.epoch + 1}, step {self.step}: checkpoint saved; "
+                    f"continue with: selfsup train --resume --out {self.out}"
+                )
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step}
-        record.update({k: distributed.all_reduce_mean(v).item() / self.steps_per_epoch for k, v in sums.items()})
-        record["lr"] = lr
-        record["images_per_s"] = self.steps_per_epoch * self.batch_size / seconds
-        record["epoch_s"] = seconds
-        if monitor_pairs:
-            z1 = distributed.gather_no_grad(torch.cat([p[0] for p in monitor_pairs]))
-            z2 = distributed.gather_no_grad(torch.cat([p[1] for p in monitor_pairs]))
-            record.update(collapse_monitors(z1, z2))
-        return record
+        self.guard.check()
+        record.seconds += time.perf_counter() - start
+        return record.row(
+            self.epoch + 1, self.step, self.steps_per_epoch * self.batch_size, count_skipped=train["on_nan"] == "skip"
+        )
 
     def _epoch_order(self) -> torch.Tensor:
         """A permutation of the pretraining set that depends only on (seed, epoch): identical on every rank."""
         generator = torch.Generator().manual_seed(self.cfg["train"]["seed"] * 1_000_003 + self.epoch)
         return torch.randperm(len(self.datasets.pretrain), generator=generator).to(self.pretrain_labels.device)
 
-    def _step(self, indices: torch.Tensor, batch: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]]:
+    def _step(self, indices: torch.Tensor, batch: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]] | None:
+        """One optimizer step; None if the divergence guard skipped it (``train.on_nan=skip``)."""
         labels = self.pretrain_labels[indices]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             views = [v.to(self.dtype) for v in self.views(batch)]
@@ -215,13 +238,17 @@ class Trainer:
             total, probe_top1 = self.method.training_loss(out, labels)
             if probe_top1 is not None:
                 metrics["probe_top1"] = probe_top1
+        if not self.guard.admit(out.loss, self.step):
+            self.step += 1
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.method.on_after_backward(self.step)
         self.optimizer.step()
         self.method.on_step_end(self.step, self.total_steps)
         self.step += 1
-        return out, {k: v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in metrics.items()}
+        as_tensor = lambda v: v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))  # noqa: E731
+        return out, {k: as_tensor(v).to(self.device) for k, v in metrics.items()}
 
     # ---- evaluation --------------------------------------------------------------------------------
 
@@ -236,31 +263,59 @@ class Trainer:
             bf16=self.bf16, channels_last=self.channels_last, dtype=self.dtype,
         )
 
-    # ---- run folder ---------------------------------------------------------------------------------
+    # ---- checkpoints ---------------------------------------------------------------------------------
 
-    def _log(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        if distributed.is_main():
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def _save(self) -> None:
-        if not distributed.is_main():
+    def _save(self, record: EpochRecord | None = None) -> None:
+        """Checkpoint at a step boundary; ``record``: the epoch in progress (a mid-epoch checkpoint)."""
+        self.guard.check()  # never save the weights of a step whose loss was not finite
+        runtime = self.method.runtime_state()  # on every rank: it may gather
+        partial = None if record is None else {  # per rank: their sums, monitors and random streams differ
+            "ranks": distributed.gather_objects({"record": record.state(), "rng": _get_rng(self.device)})
+        }
+        if self.folder is None:
             return
         state = {
             "epoch": self.epoch,
             "step": self.step,
             "method": self.method.state_dict(),
+            "runtime": runtime,
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
+            "epochs": self.cfg["train"]["epochs"],
+            "partial": partial,
         }
-        save_checkpoint(self.out / "checkpoints" / "last.pt", state)
+        save_checkpoint(self.folder.checkpoint, state)
 
-    def _restore(self) -> None:
-        state = load_checkpoint(self.out / "checkpoints" / "last.pt")
+    def _restore(self, path: Path) -> None:
+        state = load_checkpoint(path)
         self.method.load_state_dict(state["method"])
+        self.method.load_runtime_state(state["runtime"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        ranks = state["partial"]["ranks"] if state["partial"] else None
+        if ranks is not None and len(ranks) != self.world:
+            raise ValueError(
+                f"{path} was saved mid-epoch by {len(ranks)} processes; resume it with {len(ranks)} (or from an "
+                "epoch-end checkpoint with any number)"
+            )
+        self.partial = ranks[distributed.rank()] if ranks else None
+        planned, epochs = state["epochs"], self.cfg["train"]["epochs"]
+        if epochs != planned:
+            self._replan(planned, epochs)
+
+    def _replan(self, planned: int, epochs: int) -> None:
+        """A resume with another ``train.epochs``: checked, said on stderr and recorded in config.yaml."""
+        started = self.epoch + (self.partial is not None)
+        if epochs < started:
+            raise ValueError(f"--epochs {epochs}: the run has already trained {started} epoch(s); ask for at least that")
+        how = (f"lr warm-up and cosine decay (and every schedule by step, e.g. EMA momentum) re-planned over {epochs} "
+               f"epochs from step {self.step} on; the steps before kept the values of the {planned}-epoch plan")
+        self.cfg.setdefault("recipe", {}).setdefault("resumed", []).append(
+            {"at_epoch": self.epoch, "at_step": self.step, "epochs": [planned, epochs], "schedule": how}
+        )
+        if distributed.is_main():
+            change = "extending" if epochs > planned else "shortening"
+            print(f"selfsup: {change} the run from {planned} to {epochs} epochs: {how}", file=sys.stderr)
 
     def _finish(self) -> dict[str, Any]:
         scores, test_f, test_y = self.evaluate(linear=True)
@@ -272,10 +327,25 @@ class Trainer:
             "wall_s": sum(r["epoch_s"] for r in self.history),
             "images_per_s": sum(r["images_per_s"] for r in self.history) / max(len(self.history), 1),
         }
-        if distributed.is_main():
-            report.write_outputs(self.out, self.encoder, summary, self.history, test_f, test_y, self.cfg["eval"]["plots"])
+        if self.folder is not None:
+            report.write_outputs(
+                self.folder.path, self.encoder, summary, self.history, test_f, test_y, self.cfg["eval"]["plots"]
+            )
         distributed.barrier()
         return summary
+
+
+def _get_rng(device: torch.device) -> dict[str, torch.Tensor]:
+    rng = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _set_rng(rng: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _fits(data: Any, device: torch.device) -> bool:

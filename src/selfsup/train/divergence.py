@@ -1,0 +1,64 @@
+"""The divergence guard: a non-finite loss is caught at the step it happens, and no checkpoint holds its weights.
+
+``train.on_nan``:
+- ``stop`` (default): the run stops and ``checkpoints/last.pt`` keeps the last good state. On the CPU
+  the loss is looked at before the optimizer step, so even the weights in memory stay good. On a GPU a
+  read would make the host wait for the device at every step, so the check stays on the device: the
+  first bad step's number is recorded there, and read only where the host waits anyway (the progress
+  bar's loss, every 10 steps; the end of an epoch) and before every checkpoint, which is never written
+  after a bad step.
+- ``skip``: a step with a non-finite loss applies no update (no backward, optimizer step or
+  method state update) and is counted (``skipped_steps`` in metrics.jsonl). Deciding that before
+  the update needs the loss on the host, one sync per step on a GPU, as AMP's GradScaler does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MODES = ("stop", "skip")
+
+
+class Diverged(FloatingPointError):
+    """A loss became nan or inf; the run stopped before saving the weights it produced."""
+
+
+class DivergenceGuard:
+    """Watches each step's loss; ``admit`` says whether the step's update may be applied."""
+
+    def __init__(self, mode: str, device: torch.device):
+        if mode not in MODES:
+            raise ValueError(f"train.on_nan must be stop or skip, not '{mode}'")
+        self.mode, self.device = mode, device
+        self.deferred = mode == "stop" and device.type != "cpu"
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # step number, -1: none yet
+        self.skipped = 0
+
+    def admit(self, loss: Tensor, step: int) -> bool:
+        """True to apply this step; False to skip it (``skip``); raises ``Diverged`` (``stop``, on the CPU)."""
+        finite = torch.isfinite(loss.detach()).all()
+        if self.deferred:
+            self.first_bad = torch.where((self.first_bad < 0) & ~finite, step, self.first_bad)
+            return True
+        if bool(finite):
+            return True
+        if self.mode == "skip":
+            self.skipped += 1
+            return False
+        raise self._error(step, float(loss.detach().float().reshape(-1)[0]))
+
+    def check(self) -> None:
+        """Raise ``Diverged`` if a bad step was recorded on the device (a host read: call it where one happens anyway)."""
+        if self.deferred:
+            step = int(self.first_bad)
+            if step >= 0:
+                raise self._error(step, None)
+
+    @staticmethod
+    def _error(step: int, value: float | None) -> Diverged:
+        became = f"became {value}" if value is not None else "became nan or inf"
+        return Diverged(
+            f"the loss {became} at step {step + 1}: training stopped and checkpoints/last.pt keeps the last good "
+            "state; lower optim.lr, or continue with --resume --set train.on_nan=skip to skip such steps"
+        )

@@ -1,0 +1,242 @@
+"""What ``config.yaml`` may hold: every key and the type of its value, checked before anything is written.
+
+The schema is derived, not written out: a key is valid for a method when the global defaults
+(``config.DEFAULTS``), one of the method's presets (any scale), the view presets and ``ViewSpec``, or
+a backbone's keyword arguments name it; its type is what those values have. A number key takes ints
+and floats, a whole-number key ints only, a key whose values are strings and something else takes
+only the strings seen (``data.workers``: ``auto`` or a whole number). ``DECLARED`` adds the few keys
+whose default (None) does not show a type, and sections in ``FREE_SECTIONS`` (the library-written
+``recipe``) may hold anything.
+
+Errors are one line naming the key: an unknown key with the nearest valid name, a value with the
+type the key expects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Any
+
+from selfsup.train.config import DEFAULTS, parse_value
+
+FREE_SECTIONS = {"recipe"}
+# Keys the code reads whose default is None (or that no preset sets), with example values of their type.
+DECLARED: dict[str, tuple[Any, ...]] = {
+    "method": ("simclr",),
+    "data.spec": ("digits",),
+    "data.dir": (None, "path"),
+    "data.image_size": (None, 32),
+    "data.stream": ("auto", True),
+    "data.workers": ("auto", 4),
+    "train.channels_last": ("auto", True),
+    "optim.warmup_epochs": (1.5,),  # a fraction of an epoch is fine (the schedule is per step)
+    "views.preset": (None, "simclr"),
+    "optim.betas": ([0.9, 0.999],),
+}
+ANNOTATION_EXAMPLES = {"int": 1, "float": 1.0, "str": "s", "bool": True, "None": None, "Sequence": [], "list": [],
+                       "tuple": []}
+SCALES = ("cifar", "imagenet", "sequence")
+
+
+@dataclass
+class Rule:
+    """The values seen for one key, and what that admits."""
+
+    types: set[type] = field(default_factory=set)
+    strings: set[str] = field(default_factory=set)
+    per_view: bool = False  # a views key: a list of per-view values is also fine
+
+    def see(self, value: Any) -> None:
+        if isinstance(value, tuple):
+            value = list(value)
+        self.types.add(type(value))
+        if isinstance(value, str):
+            self.strings.add(value)
+
+    def admits(self, value: Any) -> bool:
+        if value is None:
+            return type(None) in self.types
+        if isinstance(value, list) and (self.per_view or list in self.types):
+            return True
+        if isinstance(value, bool):
+            return bool in self.types
+        if isinstance(value, int):
+            return bool({int, float} & self.types)
+        if isinstance(value, float):
+            return float in self.types
+        if isinstance(value, str):
+            return str in self.types and (self.types <= {str, type(None)} or value in self.strings)
+        return type(value) in self.types
+
+    def expected(self) -> str:
+        names = []
+        if float in self.types:
+            names.append("a number")
+        elif int in self.types:
+            names.append("a whole number")
+        if bool in self.types:
+            names.append("true or false")
+        if str in self.types:
+            names.append("a string" if self.types <= {str, type(None)} else " or ".join(sorted(self.strings)))
+        if list in self.types or self.per_view:
+            names.append("a list" if list in self.types else "one value per view as a list")
+        if dict in self.types:
+            names.append("a section")
+        if type(None) in self.types:
+            names.append("null")
+        return " or ".join(names) or "nothing (unused key)"
+
+
+Schema = dict[str, Rule]  # dotted key -> rule; sections are keys whose rule admits dict
+
+
+def _walk(node: dict[str, Any], prefix: str = ""):
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        yield dotted, value
+        if isinstance(value, dict):
+            yield from _walk(value, dotted + ".")
+
+
+def _see(schema: Schema, dotted: str, value: Any, per_view: bool = False) -> None:
+    rule = schema.setdefault(dotted, Rule())
+    rule.per_view = rule.per_view or per_view
+    rule.see({} if isinstance(value, dict) else value)
+
+
+def _view_keys(schema: Schema) -> None:
+    from selfsup.data import sequence_views, views
+
+    for spec in fields(views.ViewSpec):
+        default = spec.default if spec.default is not spec.default_factory else None
+        _see(schema, f"views.{spec.name}", default if spec.name != "size" else 32, per_view=True)
+    for preset in [*views.PRESETS.values(), *sequence_views.PRESETS.values()]:
+        for key, value in preset.items():
+            _see(schema, f"views.{key}", value, per_view=True)
+    for key in views.MAKER_KEYS - {"preset"}:
+        schema.setdefault(f"views.{key}", Rule(per_view=True))
+    for key, example in (("num_views", 2), ("strength", 0.5), ("small_crops", 6), ("small_size", 16)):
+        _see(schema, f"views.{key}", example)
+
+
+def _backbone_keys(schema: Schema) -> None:
+    """``backbone.name`` and every keyword argument of a registered backbone, typed by its annotation and default."""
+    import importlib
+    import re
+
+    from selfsup.nn.backbones import BACKBONES
+
+    _see(schema, "backbone.name", "resnet18")
+    for target in BACKBONES.values():
+        module, name = target.split(":")
+        for parameter in inspect.signature(getattr(importlib.import_module(module), name)).parameters.values():
+            if parameter.name in ("in_channels", "input_size") or parameter.kind is parameter.VAR_KEYWORD:
+                continue
+            dotted = f"backbone.{parameter.name}"
+            if parameter.default is not inspect.Parameter.empty:
+                _see(schema, dotted, parameter.default)
+            for token in re.findall(r"[A-Za-z]+", str(parameter.annotation)):
+                if token in ANNOTATION_EXAMPLES:
+                    _see(schema, dotted, ANNOTATION_EXAMPLES[token])
+
+
+@lru_cache(maxsize=None)
+def schema_for(method: str) -> Schema:
+    """Every valid dotted key of a ``method``'s config, with its rule."""
+    from selfsup import methods
+
+    methods.get(method)  # one line for an unknown method
+    schema: Schema = {}
+    for dotted, value in _walk(DEFAULTS):
+        _see(schema, dotted, value)
+    for dotted, examples in DECLARED.items():
+        for value in examples:
+            _see(schema, dotted, value)
+    _view_keys(schema)
+    _backbone_keys(schema)
+    preset = methods.preset(method)
+    for scale in SCALES:
+        for dotted, value in _walk(preset.get(scale) or {}):
+            _see(schema, dotted, value, per_view=dotted.startswith("views."))
+    return schema
+
+
+def _free(dotted: str) -> bool:
+    return dotted.split(".", 1)[0] in FREE_SECTIONS and "." in dotted
+
+
+def _unknown_key(method: str, dotted: str, schema: Schema) -> ValueError:
+    from selfsup import methods
+
+    others = [name for name in methods.available() if name != method and dotted in schema_for(name)]
+    if others:
+        return ValueError(
+            f"{dotted} is not a setting of {method} (it is a setting of {', '.join(others[:4])}"
+            f"{', ...' if len(others) > 4 else ''}); see presets/{method}.yaml for {method}'s settings"
+        )
+    close = difflib.get_close_matches(dotted, [k for k in schema if not _free(k)], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; sections: {', '.join(sorted(k for k in schema if '.' not in k))}"
+    return ValueError(f"unknown config key {dotted}{hint}")
+
+
+def check_value(method: str, dotted: str, value: Any, source: str = "") -> None:
+    """One line (``ValueError``) unless ``dotted`` is a key of ``method``'s config and ``value`` fits it."""
+    if _free(dotted):
+        return
+    schema = schema_for(method)
+    rule = schema.get(dotted)
+    if rule is None:
+        raise _unknown_key(method, dotted, schema)
+    where = f"{source}: " if source else ""
+    if dict in rule.types and not isinstance(value, dict):
+        example = next((k for k in schema if k.startswith(dotted + ".")), dotted + ".KEY")
+        raise ValueError(f"{where}{dotted} is a section of config.yaml, not a value; set one of its keys, e.g. {example}=...")
+    if not rule.admits(value):
+        raise ValueError(f"{where}{dotted} expects {rule.expected()}, got {value!r}")
+
+
+def check_assignments(method: str, assignments: list[str] | None) -> None:
+    """Check every ``--set key=value`` (key known for ``method``, value of its type) before anything runs."""
+    for assignment in assignments or []:
+        if "=" not in assignment:
+            raise ValueError(f"--set expects key=value (e.g. backbone.width=16), got '{assignment}'")
+        key, text = assignment.split("=", 1)
+        value = parse_value(text)
+        check_value(method, key.strip(), value, f"--set {assignment}")
+        if isinstance(value, dict):
+            for dotted, inner in _walk(value, key.strip() + "."):
+                check_value(method, dotted, inner, f"--set {assignment}")
+
+
+def leaves(node: dict[str, Any], prefix: str = ""):
+    """(dotted key, value) of every value in a nested dict that is not itself a non-empty section."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        elif not isinstance(value, dict):
+            yield f"{prefix}{key}", value
+
+
+def check_overrides(method: str, overrides: dict[str, Any] | None) -> None:
+    """Check the keys and values of a nested ``overrides`` dict (from the command line or ``fit``)."""
+    for dotted, value in leaves(overrides or {}):
+        check_value(method, dotted, value, "override")
+
+
+def check_config(cfg: dict[str, Any]) -> None:
+    """Check a whole config (keys and value types), e.g. one read from ``config.yaml`` or built from overrides.
+
+    Values the recipe fitted to the run (listed in ``recipe.changes``) are the library's, not checked again.
+    """
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("method"), str):
+        raise ValueError("the config has no method: it is not a selfsup config.yaml")
+    from selfsup import methods
+
+    methods.get(cfg["method"])
+    fitted = set((cfg.get("recipe") or {}).get("changes") or {})  # written by the library (train/recipe.py)
+    for dotted, value in _walk(cfg):
+        if not _free(dotted) and dotted not in fitted:
+            check_value(cfg["method"], dotted, value)
