@@ -142,7 +142,8 @@ def supcon(
 ) -> Tensor:
     """Supervised contrastive loss L^sup_out (Khosla et al. 2020, eq. 2), scaled as in the authors' code.
 
-        L = (t / t_base) mean_{i : |P(i)| > 0}  -1/|P(i)| sum_{p in P(i)} log exp(z_i.z_p / t) / sum_{a in A(i)} exp(z_i.z_a / t)
+        L = (t / t_base) mean_{i : |P(i)| > 0}  -1/|P(i)| sum_{p in P(i)} log exp(z_i.z_p / t) / Z_i,
+        Z_i = sum_{a in A(i)} exp(z_i.z_a / t)
 
     ``features``: [B, V, D] (V views per sample, L2-normalised here); ``labels``: [B] or ``None``.
     A(i) is every other view in the batch, P(i) those with the anchor's label. Anchors without a
