@@ -1,9 +1,11 @@
 """ImageFolder sources: ``root/[split/]class/image`` as a directory, a .tar(.gz), or a directory of split archives.
 
 Images are decoded with Pillow, converted to RGB, resized (shorter side) and centre-cropped to a square
-of ``image_size`` (default: the first image's shorter side), and cached as uint8 (``selfsup.data.cache``).
+of ``image_size`` (default: the shorter side most images have, among up to ``SIZE_SAMPLE`` spread over
+the source; a source of mixed sizes says so on stderr), and cached as uint8 (``selfsup.data.cache``).
 Split folders are ``train`` and ``test`` (or ``val``). A source with one split only holds out every
-``HOLDOUT``-th image (in path order) as its test split.
+``HOLDOUT``-th image (in path order) as its test split. A source with one class only, or one image,
+trains but warns: its kNN and linear scores say nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 import sys
 import tarfile
 import zlib
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -26,6 +29,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pg
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLIT_DIRS = {"pretrain": ("train",), "train": ("train",), "test": ("test", "val")}
 HOLDOUT = 10
+SIZE_SAMPLE = 256  # images whose size (header only) picks the side of a source of mixed sizes
+_warned: set[str] = set()  # sources already warned about in this process (every split is loaded)
 STREAM_ABOVE_BYTES = 8 * 2**30  # decoded size above which a folder is streamed rather than cached
 
 
@@ -98,11 +103,52 @@ def decode_image(data: bytes, size: int | None) -> np.ndarray:
         return np.asarray(image)
 
 
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, or None if it is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def common_side(reads: list[Callable[[], bytes]], source: Path, image_size: int | None) -> int | None:
+    """``image_size``, or the shorter side most images have (among up to ``SIZE_SAMPLE``); mixed sizes are logged."""
+    sample = reads[:: max(1, len(reads) // SIZE_SAMPLE)][:SIZE_SAMPLE]
+    sizes = Counter(size for size in (_image_size(read()) for read in sample) if size is not None)
+    if not sizes:
+        return image_size
+    side = image_size or min(sizes.most_common(1)[0][0])
+    if len(sizes) > 1 and str(source) not in _warned:
+        _warned.add(str(source))
+        seen = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(4)) + (", ..." if len(sizes) > 4 else "")
+        why = "data.image_size" if image_size else "the size most of them have; set data.image_size to choose"
+        print(f"selfsup: {source} holds images of {len(sizes)} sizes ({seen} among {len(sample)} sampled): "
+              f"all are resized and centre-cropped to {side}x{side} ({why})", file=sys.stderr)
+    return side
+
+
+def warn_if_degenerate(source: Path, classes: list[str], count: int, split: str) -> None:
+    """One stderr line (once per source) for data on which training runs but scores mean nothing."""
+    problem = None
+    if count == 1:
+        problem = f"its {split} split holds a single image: there is nothing to contrast it with"
+    elif len(classes) == 1:
+        problem = (f"it has a single class ('{classes[0]}'): kNN and linear-probe scores will be 1.0 and say nothing; "
+                   "put the images in one folder per class")
+    if problem and str(source) + problem not in _warned:
+        _warned.add(str(source) + problem)
+        print(f"selfsup: warning: {source}: {problem}", file=sys.stderr)
+
+
 def _decode_all(
     chosen, classes: list[str], image_size: int | None, on_error: str, progress: bool, source: Path
 ) -> tuple[np.ndarray, np.ndarray, int]:
     images, labels, skipped, first_bad = [], [], 0, None
     index = {name: i for i, name in enumerate(classes)}
+    image_size = common_side([read for _, read in chosen], source, image_size)
     bar = tqdm(chosen, desc=f"decoding {source.name}", unit="img", disable=not progress, mininterval=1.0)
     for name, read in bar:
         try:
@@ -173,8 +219,9 @@ def load_image_folder(
         arrays, meta = build()
     else:
         key = {"source": str(source.resolve()), "content": source_key(source), "split": split,
-               "image_size": image_size, "on_error": on_error}
+               "image_size": image_size, "on_error": on_error, "side": "most common"}
         arrays, meta = cached(f"folder-{name}-{split}", key, build)
+    warn_if_degenerate(source, list(meta["classes"]), len(arrays["labels"]), split)
     return ArrayDataset(
         data=torch.from_numpy(arrays["data"]),
         labels=torch.from_numpy(arrays["labels"]),

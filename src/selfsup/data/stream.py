@@ -21,7 +21,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from selfsup.data.folder import channel_stats, decode_image, list_images, select_split, split_and_class
+from selfsup.data.folder import (
+    channel_stats, common_side, decode_image, list_images, select_split, split_and_class,
+)
 
 STATS_SAMPLE = 1024
 
@@ -105,8 +107,9 @@ def list_streamed_folder(
     index = {c: i for i, c in enumerate(classes)}
     labels = np.asarray([index[split_and_class(PurePosixPath(n).parts)[1]] for n in names], dtype=np.int64)
     sample = names[:: max(1, len(names) // STATS_SAMPLE)][:STATS_SAMPLE]
+    size = common_side([(source / name).read_bytes for name in names], source, size)
     if size is None:
-        size = min(decode_image((source / sample[0]).read_bytes(), None).shape[:2])
+        raise ValueError(f"no readable images among those sampled in {source}")
     decoded = []
     for name in tqdm(sample, desc=f"sampling {source.name} for channel statistics", disable=not progress, unit="img"):
         try:

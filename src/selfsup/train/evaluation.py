@@ -3,40 +3,43 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from selfsup.data import load_dataset
+from selfsup.data import ArrayDataset, load_dataset
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_probe_top1
 from selfsup.nn.backbones import build_backbone
 from selfsup.train.features import extract_features
 from selfsup.train.report import load_encoder, write_json
+from selfsup.train.run_folder import read_config
+from selfsup.train.schema import check_config
 from selfsup.train.setup import load_datasets, resolve_device, seed_everything
 
 
-def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module]:
-    """The run's config and its trained encoder (from ``encoder.safetensors``)."""
+def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
+    """The run's config, its trained encoder (from ``encoder.safetensors``) and its data's test split."""
     run = Path(run)
-    config, weights = run / "config.yaml", run / "encoder.safetensors"
-    if not config.is_file():
+    weights = run / "encoder.safetensors"
+    if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a run folder (no config.yaml): pass the --out of a `selfsup train`")
+    cfg = read_config(run)
+    check_config(cfg)
     if not weights.is_file():
         raise FileNotFoundError(f"{run} has no encoder.safetensors yet: the run has not finished (resume it with --resume)")
-    cfg = yaml.safe_load(config.read_text())
     probe = load_dataset(cfg["data"]["spec"], cfg["data"]["dir"], "test")
     encoder = build_backbone(cfg["backbone"], probe.channels, probe.input_size)
-    return cfg, load_encoder(encoder, weights)
+    return cfg, load_encoder(encoder, weights), probe
 
 
 def evaluate_run(run: str | Path, protocol: str = "all") -> dict[str, float]:
     """kNN and/or linear-probe top-1 of the run's encoder on its data; merged into ``summary.json``."""
-    cfg, encoder = load_run(run)
+    cfg, encoder, _ = load_run(run)
     device = resolve_device(cfg["train"]["device"])
     encoder.to(device)
     datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
@@ -51,9 +54,14 @@ def evaluate_run(run: str | Path, protocol: str = "all") -> dict[str, float]:
 
 def embed(run: str | Path, data: str, out: str | Path, split: str = "test", data_dir: str | None = None) -> tuple:
     """Write the run encoder's features of ``data``'s ``split`` to ``out`` (.npy, [N, D] float32)."""
-    cfg, encoder = load_run(run)
+    cfg, encoder, trained_on = load_run(run)
     device = resolve_device(cfg["train"]["device"])
-    dataset = load_dataset(data, data_dir, split)
+    dataset = load_dataset(data, data_dir, split, progress=sys.stderr.isatty())
+    if (dataset.kind, dataset.channels) != (trained_on.kind, trained_on.channels):
+        raise ValueError(
+            f"'{data}' holds {dataset.channels}-channel {dataset.kind}s but the run's encoder was trained on "
+            f"{trained_on.channels}-channel {trained_on.kind}s ('{cfg['data']['spec']}'): embed data of that kind"
+        )
     features = extract_features(encoder.to(device), dataset, device).cpu().numpy().astype(np.float32)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     np.save(out, features)

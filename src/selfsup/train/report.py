@@ -22,9 +22,19 @@ def save_encoder(encoder: nn.Module, path: str | Path) -> None:
 
 
 def load_encoder(encoder: nn.Module, path: str | Path) -> nn.Module:
+    """``encoder`` with the weights of ``path``; one line (``ValueError``) if the file is damaged or does not fit."""
     from safetensors.torch import load_file
 
-    encoder.load_state_dict(load_file(str(path)))
+    try:
+        weights = load_file(str(path))
+    except Exception as error:  # safetensors' own error type for a truncated or malformed file
+        raise ValueError(f"{path} is unreadable ({' '.join(str(error).split())}): it was not written completely or "
+                         "was damaged; finish the run again with --resume, or retrain it") from None
+    try:
+        encoder.load_state_dict(weights)
+    except RuntimeError:
+        raise ValueError(f"{path} does not hold the weights of the backbone config.yaml describes: "
+                         "the run folder's files are from different runs") from None
     return encoder
 
 

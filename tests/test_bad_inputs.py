@@ -1,0 +1,256 @@
+"""Every bad input ends in one line on stderr and exit code 2, with nothing lost.
+
+Each case drives the real command line in its own process (all cases run side by side, for time), and
+asserts: exit code 2, exactly one stderr line that names the problem, no traceback, and every file
+the case set up (run folders, data folders) byte for byte as before; where no folder existed, none
+was created. Crafted malicious files (a checkpoint and a CIFAR batch that run a command when
+unpickled) show that nothing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from selfsup.train.trainer import fit
+from tests.helpers import digits
+
+TRAIN = ["train", "--method", "simclr", "--data", "digits", "--set", "train.device=cpu", "--set", "train.progress=false"]
+TINY = ["backbone.width=4", "train.batch_size=128", "train.epochs=2", "train.device=cpu", "train.progress=false",
+        "eval.every=0", "eval.plots=false", "eval.linear_epochs=2", "eval.knn_k=20"]
+
+
+class RunsCode:
+    """Unpickling this runs ``touch MARKER``: the proof that a loader executed a file's content."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@dataclass
+class Case:
+    """argv (from a setup in the case's folder), what the one stderr line must say, and the paths that must not change."""
+
+    setup: Callable[[Path, Path], list[str]]  # (case folder, finished run) -> argv after `selfsup`
+    says: str
+    code: int = 2
+    watched: list[str] = field(default_factory=lambda: ["run", "data"])  # names in the case folder
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def copy_run(finished: Path, case: Path) -> Path:
+    return Path(shutil.copytree(finished, case / "run"))
+
+
+def folder_of_rgb_images(root: Path, classes=("a", "b"), sizes=((12, 12),) * 10, first: tuple | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / cls / f"{i + 1:02d}.png")
+        if first:
+            Image.fromarray(rng.integers(0, 256, (first[1], first[0], 3), dtype=np.uint8)).save(root / cls / "00.png")
+    return root
+
+
+def _malicious_checkpoint(case: Path, run: Path) -> list[str]:
+    run = copy_run(run, case)
+    torch.save({"epoch": 0, "method": RunsCode(case / "ran")}, run / "checkpoints" / "last.pt")
+    return ["train", "--resume", "--out", str(run)]
+
+
+def _malicious_cifar(case: Path, run: Path) -> list[str]:
+    batches = case / "data" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (batches / name).write_bytes(pickle.dumps({b"data": RunsCode(case / "ran"), b"labels": [0]}))
+    return TRAIN[:4] + ["cifar10", "--data-dir", str(case / "data"), "--out", str(case / "run")]
+
+
+def _truncated(name: str, keep: float) -> Callable[[Path, Path], list[str]]:
+    def setup(case: Path, run: Path) -> list[str]:
+        run = copy_run(run, case)
+        weights = run / "encoder.safetensors"
+        weights.write_bytes(weights.read_bytes()[: int(weights.stat().st_size * keep)])
+        if name == "eval":
+            return ["eval", "--run", str(run), "--protocol", "knn"]
+        return ["embed", "--run", str(run), "--data", "digits", "--out", str(case / "data" / "f.npy")]
+
+    return setup
+
+
+def _unwritable(case: Path, run: Path) -> list[str]:
+    if os.geteuid() != 0:
+        (case / "data").mkdir()
+        (case / "data").chmod(0o500)
+        return TRAIN + ["--out", str(case / "data" / "run")]
+    if os.access("/proc/sys", os.W_OK):
+        pytest.skip("running as root with a writable /proc/sys: no unwritable folder to try")
+    return TRAIN + ["--out", "/proc/sys/selfsup-run"]
+
+
+def _with_file(name: str, content: bytes, argv: Callable[[Path, Path], list[str]]) -> Callable[[Path, Path], list[str]]:
+    def setup(case: Path, run: Path) -> list[str]:
+        run = copy_run(run, case)
+        (run / name).write_bytes(content)
+        return argv(case, run)
+
+    return setup
+
+
+CASES: dict[str, Case] = {
+    "unknown key": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--set", "train.epoch=3"],
+                        "unknown config key train.epoch; did you mean train.epochs?"),
+    "unknown section": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--set", "nosuch.key=1"],
+                            "unknown config key nosuch.key"),
+    "misspelled loss key": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--set", "loss.temprature=0.2"],
+                                "did you mean loss.temperature?"),
+    "key of another method": Case(lambda c, r: ["train", "--method", "byol", "--data", "digits", "--out",
+                                                str(c / "run"), "--set", "loss.temperature=0.2"],
+                                  "loss.temperature is not a setting of byol"),
+    "word for a number": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--set", "backbone.width=abc"],
+                              "backbone.width expects a whole number, got 'abc'"),
+    "value for a section": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--set", "train=3"],
+                                "train is a section of config.yaml"),
+    "malformed value": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--set", "views.scale=[0.2,"],
+                            "cannot parse YAML"),
+    "out is a file": Case(lambda c, r: TRAIN + ["--out", str(_write(c / "data", b"keep me"))], "is a file, not a folder"),
+    "out not writable": Case(_unwritable, "cannot write to"),
+    "folder holds a run": Case(lambda c, r: TRAIN + ["--out", str(copy_run(r, c))],
+                               "already holds a run: add --resume to continue it, --overwrite to replace it"),
+    "resume where no run is": Case(lambda c, r: (c / "run").mkdir() or ["train", "--resume", "--out", str(c / "run")],
+                                   "--resume: no run at"),
+    "resume changing the model": Case(lambda c, r: ["train", "--resume", "--out", str(copy_run(r, c)), "--set",
+                                                    "backbone.width=8"], "backbone.width cannot change"),
+    "resume with fewer epochs": Case(lambda c, r: ["train", "--resume", "--out", str(copy_run(r, c)), "--epochs", "1"],
+                                     "the run has already trained 2 epoch(s)"),
+    "malicious checkpoint": Case(_malicious_checkpoint, "was refused: it references posix.system"),
+    "malicious CIFAR batch": Case(_malicious_cifar, "does not match the published checksum"),
+    "tampered CIFAR archive": Case(
+        lambda c, r: TRAIN[:4] + ["cifar10", "--data-dir", str(_write(c / "data" / "cifar-10-python.tar.gz",
+                                                                      b"\x1f\x8b" + bytes(64)).parent),
+                                  "--out", str(c / "run")],
+        "does not match the published checksum of the cifar10 python-format archive"),
+    "malformed config.yaml": Case(_with_file("config.yaml", b"method: [simclr\n", lambda c, r: ["eval", "--run", str(r)]),
+                                  "config.yaml is malformed"),
+    "truncated encoder (eval)": Case(_truncated("eval", 0.5), "encoder.safetensors is unreadable"),
+    "empty encoder (embed)": Case(_truncated("embed", 0.0), "encoder.safetensors is unreadable"),
+    "embed other channels": Case(
+        lambda c, r: ["embed", "--run", str(copy_run(r, c)), "--data", f"folder:{folder_of_rgb_images(c / 'data')}",
+                      "--out", str(c / "f.npy")],
+        "holds 3-channel images but the run's encoder was trained on 1-channel images"),
+}
+
+
+def _snapshot(path: Path) -> dict[str, str] | None:
+    if not path.exists():
+        return None
+    if path.is_file():
+        return {"": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(path.rglob("*"))}
+
+
+def _run(argv: list[str], cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SELFSUP_CACHE": str(cache)}
+    env.pop("SELFSUP_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "selfsup.cli", *argv], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict[str, tuple]:
+    """Every case set up, run in parallel (4 at a time), and its watched paths before and after."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    finished = root / "finished"
+    fit("simclr", "digits", out_dir=finished, assignments=TINY, datasets=digits())
+    prepared = {}
+    for name, case in CASES.items():
+        folder = root / name.replace(" ", "_").replace(".", "")
+        folder.mkdir()
+        try:
+            argv = case.setup(folder, finished)
+        except pytest.skip.Exception as skip:
+            prepared[name] = skip
+            continue
+        prepared[name] = (argv, folder, {w: _snapshot(folder / w) for w in case.watched})
+    runnable = {n: p for n, p in prepared.items() if isinstance(p, tuple)}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = dict(zip(runnable, pool.map(lambda p: _run(p[0], root / "cache"), runnable.values())))
+    out = {}
+    for name, item in prepared.items():
+        if not isinstance(item, tuple):
+            out[name] = item
+            continue
+        _, folder, before = item
+        after = {w: _snapshot(folder / w) for w in before}
+        out[name] = (results[name], before, after, folder)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_ends_in_one_line_exit_2_and_nothing_lost(name, outcomes):
+    if isinstance(outcomes[name], BaseException):
+        pytest.skip(str(outcomes[name]))
+    result, before, after, folder = outcomes[name]
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == CASES[name].code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith("selfsup: error: "), lines
+    assert CASES[name].says in lines[0], lines[0]
+    assert after == before  # every file as it was; a folder that did not exist still does not
+    assert not (folder / "ran").exists()  # no crafted file ran its command
+
+
+def test_one_class_folder_with_a_tiny_first_image_trains_and_says_so(tmp_path):
+    """A single class warns (scores mean nothing); a 1x1 image sorting first no longer sets the size: the majority does."""
+    data = folder_of_rgb_images(tmp_path / "imgs", classes=("only",), sizes=((12, 12),) * 24, first=(1, 1))
+    result = _run(TRAIN[:4] + [f"folder:{data}", "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8",
+                               "--set", "train.device=cpu", "--set", "train.progress=false", "--set", "eval.plots=false",
+                               "--set", "backbone.width=4"], tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "single class ('only')" in result.stderr
+    assert "holds images of 2 sizes (12x12 (" in result.stderr and "resized and centre-cropped to 12x12" in result.stderr
+    assert (tmp_path / "run" / "encoder.safetensors").is_file()
+
+
+def test_numbers_in_exponent_form_are_numbers_and_types_are_checked():
+    from selfsup.train.config import parse_value
+    from selfsup.train.schema import check_assignments
+
+    assert parse_value("1e-3") == 0.001 and parse_value("1e6") == 1e6 and parse_value("[1e-3, 2]") == [0.001, 2]
+    check_assignments("simclr", ["optim.lr=1e-3", "optim.weight_decay=1e6", "loss.temperature=5e-1",
+                                 "data.workers=auto", "data.workers=4", "views.blur_p=[0.5, 0.1]", "recipe.fit=false"])
+    for assignment, message in [("optim.lr=fast", "optim.lr expects a number, got 'fast'"),
+                                ("train.epochs=2.5", "train.epochs expects a whole number, got 2.5"),
+                                ("data.workers=many", "data.workers expects a whole number or auto"),
+                                ("eval.plots=3", "eval.plots expects true or false")]:
+        with pytest.raises(ValueError, match=message):
+            check_assignments("simclr", [assignment])
+
+
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="choose one"):
+        fit(out_dir=tmp_path, resume=True, overwrite=True)
