@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from selfsup.data.base import ArrayDataset, iterate_batches
+from selfsup.data.base import ArrayDataset, is_colourless, iterate_batches, single_channel
 from selfsup.data.cache import default_root
 
 __all__ = ["ArrayDataset", "iterate_batches", "load_dataset", "default_root", "SPLITS"]
@@ -55,9 +55,10 @@ def load_dataset(
     if kind == "folder" and arg:
         from selfsup.data.folder import load_image_folder
 
-        return load_image_folder(
+        images = load_image_folder(
             arg, split, image_size=image_size, on_error=on_error, progress=progress, stream=stream, workers=workers
         )
+        return single_channel(images) if is_colourless(images) else images  # grayscale files decode as RGB
     if kind == "ucr" and arg:
         from selfsup.data.sequences import load_ucr
 

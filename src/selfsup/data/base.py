@@ -55,6 +55,25 @@ class ArrayDataset:
         return self
 
 
+def is_colourless(dataset: ArrayDataset) -> bool:
+    """True for in-memory RGB images whose three channels are equal everywhere (grayscale files decoded as RGB)."""
+    data = dataset.data
+    if dataset.kind != "image" or not isinstance(data, Tensor) or data.shape[1] != 3:
+        return False
+    return all(
+        bool((chunk[:, 0] == chunk[:, 1]).all() and (chunk[:, 0] == chunk[:, 2]).all())
+        for chunk in data.split(4096)
+    )
+
+
+def single_channel(dataset: ArrayDataset) -> ArrayDataset:
+    """The dataset with only its first channel (of a colourless one: the gray image)."""
+    return ArrayDataset(
+        dataset.data[:, :1].contiguous(), dataset.labels, dataset.classes, dataset.name, dataset.kind,
+        dataset.mean[:1], dataset.std[:1],
+    )
+
+
 def iterate_batches(data: Tensor | Any, batches: Sequence[Tensor], device: torch.device) -> Iterator[Tensor]:
     """``data[indices]`` on ``device`` for each index tensor of ``batches``, in order.
 

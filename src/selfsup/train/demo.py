@@ -11,20 +11,15 @@ from typing import Any
 
 import torch
 
-from selfsup.evaluate.knn import knn_top1
-from selfsup.train.evaluation import random_init_knn
-from selfsup.train.features import normalize_batch
+from selfsup.train.evaluation import pixel_knn, random_init_knn
 from selfsup.train.setup import load_datasets, make_config
 from selfsup.train.trainer import fit
 
-DEMO_SETTINGS = [
+DEMO_SETTINGS = [  # the rest (backbone, batch, warm-up, views, kNN k) the recipe fits to digits
     "backbone.width=16",
     "train.epochs=40",
-    "train.batch_size=256",
     "train.device=cpu",
-    "optim.warmup_epochs=4",
     "eval.every=5",
-    "eval.knn_k=20",
 ]
 
 
@@ -34,12 +29,9 @@ def demo(out: str | Path = "runs/demo", assignments: list[str] | None = None, pr
     datasets = load_datasets("digits", None)
     cfg = make_config("simclr", "digits", datasets.pretrain, assignments=settings)
     k, t = cfg["eval"]["knn_k"], cfg["eval"]["knn_t"]
-    train, test = datasets.train, datasets.test
+    test = datasets.test
 
-    pixels = knn_top1(
-        normalize_batch(train.data, train).flatten(1), train.labels,
-        normalize_batch(test.data, test).flatten(1), test.labels, k, t,
-    )
+    pixels = pixel_knn(datasets, k, t)
     random_init = random_init_knn(cfg, datasets, torch.device("cpu"))
     summary = fit("simclr", "digits", out_dir=out, assignments=settings, datasets=datasets)
     result = {

@@ -15,7 +15,7 @@ from selfsup.data import ArrayDataset, load_dataset
 from selfsup.evaluate.knn import knn_top1
 from selfsup.evaluate.linear import linear_probe_top1
 from selfsup.nn.backbones import build_backbone
-from selfsup.train.features import extract_features
+from selfsup.train.features import extract_features, normalize_batch
 from selfsup.train.report import load_encoder, write_json
 from selfsup.train.run_folder import read_config
 from selfsup.train.schema import check_config
@@ -92,6 +92,15 @@ def score_encoder(
     if linear:
         scores["linear_top1"] = linear_probe_top1(train_f, train_y, test_f, test_y, iterations=ev["linear_epochs"])
     return scores, test_f, test_y
+
+
+def pixel_knn(datasets, k: int, temperature: float) -> float:
+    """kNN of the raw inputs (normalised pixels or samples, flattened): the baseline an encoder must beat."""
+    train, test = datasets.train, datasets.test
+    return knn_top1(
+        normalize_batch(train.data, train).flatten(1), train.labels,
+        normalize_batch(test.data, test).flatten(1), test.labels, k, temperature,
+    )
 
 
 def random_init_knn(cfg: dict[str, Any], datasets, device: torch.device) -> float:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from selfsup.data import ArrayDataset
+from selfsup.train.schedule import warmup_cosine
 
 SMALL_IMAGE_SIDE = 28  # images this small get the small convnet unless a backbone is named
 MIN_STEPS_PER_EPOCH = 4  # the batch shrinks (by powers of two) until an epoch has this many steps
@@ -29,6 +30,8 @@ EMA_RUN_FRACTION = 0.125  # an EMA's time constant 1 / (1 - m) at most this frac
 MEMORY_FRACTION = 0.25  # queues, negatives and noise samples at most this fraction of the dataset
 IMAGES_PER_PROTOTYPE = 16  # solo-learn's CIFAR-10 SwAV: 3000 prototypes for 50,000 images
 PROTOTYPE_FREEZE_FRACTION = 0.05  # prototypes frozen at most this fraction of the run
+LARS_MIN_TRAVEL = 10.0  # weight norms an unclipped-LARS layer can travel over the run, at least
+LARS_SHORT_RUN_ETA = 0.02  # the largest trust coefficient of any preset (solo-learn's)
 KNN_CLASS_FRACTION = 0.15  # InstDisc's k = 200 is ~16 % of an ImageNet class (1,281 images)
 
 
@@ -146,17 +149,47 @@ def warmup(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
 
 
 def ema_momentum(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
-    """EMA targets (BYOL, MoCo v3, MoCo's key encoder): time constant 1 / (1 - m) at most 1/8 of the run.
+    """EMA targets the online network learns to predict (BYOL, MoCo v3): time constant 1 / (1 - m_base)
+    at most 1/8 of the run.
 
-    The papers' m = 0.99-0.999 averages over 100-1000 steps of runs of 10^4-10^5 steps.
+    The papers' m_base = 0.99-0.996 averages over 100-250 steps of runs of 10^4-10^5 steps; in an
+    80-step run such a target stays the random network it started as. (MoCo's key encoder is left
+    alone: its slowness keeps the queue's keys consistent, which a short run needs as much.)
     """
+    value = cfg["head"].get("momentum_base")
     cap = 1.0 - 1.0 / max(EMA_RUN_FRACTION * size.steps, 1.0)
-    out = {}
-    for key in ("momentum_base", "momentum"):
-        value = cfg["head"].get(key)
-        if isinstance(value, float) and value > cap:
-            out[f"head.{key}"] = (round(cap, 6), f"m = {value} averages over {1 / (1 - value):.0f} steps, more "
-                                                   f"than {EMA_RUN_FRACTION:.0%} of the run's {size.steps}")
+    if not isinstance(value, float) or value <= cap:
+        return {}
+    return {"head.momentum_base": (round(cap, 6), f"m = {value} averages over {1 / (1 - value):.0f} steps, more "
+                                                  f"than {EMA_RUN_FRACTION:.0%} of the run's {size.steps}")}
+
+
+def lars_trust(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """LARS in a run too short to move the weights: trust coefficient 0.02 and no clip.
+
+    LARS makes each layer's step eta * lr_t times its weight norm (x 1 / (1 - momentum) once the
+    momentum builds up), so over a run a layer can travel at most eta / (1 - momentum) * sum_t lr_t
+    norms: about 1,000 in SimCLR's 1000-epoch CIFAR run and 6,000 in solo-learn's VICReg, under 1 in
+    80 steps of SimCLR at eta 0.001, too few to leave the random initialisation. Such a run gets
+    the largest eta of any preset (solo-learn's 0.02) without solo-learn's clip, which caps a layer's
+    step at plain SGD's lr_t ||g|| and so needs the long runs it was tuned for.
+    """
+    optim = cfg["optim"]
+    if optim.get("name") != "lars" or size.steps <= 0:
+        return {}
+    scale = cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
+    warmup_steps = optim.get("warmup_epochs", 0) * size.steps / max(size.epochs, 1)
+    lr_sum = optim["lr"] * scale * sum(
+        warmup_cosine(step, size.steps, warmup_steps, optim.get("min_lr_ratio", 0.0)) for step in range(size.steps)
+    )
+    eta = optim.get("lars_eta", 0.001)
+    travel = eta * lr_sum / (1.0 - optim.get("momentum", 0.9))
+    if travel >= LARS_MIN_TRAVEL:
+        return {}
+    why = f"at eta {eta} a layer travels at most {travel:.2g} weight norms in {size.steps} steps (< {LARS_MIN_TRAVEL:g})"
+    out = {"optim.lars_eta": (max(eta, LARS_SHORT_RUN_ETA), why)}
+    if optim.get("lars_clip"):
+        out["optim.lars_clip"] = (False, why + "; the clip caps each step at SGD's lr_t ||g||")
     return out
 
 
@@ -235,7 +268,7 @@ def grayscale_views(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, 
 
 
 RULES: tuple[Rule, ...] = (
-    small_image_backbone, batch_size, warmup, ema_momentum, memory_sizes, prototypes, knn_neighbours,
+    small_image_backbone, batch_size, warmup, lars_trust, ema_momentum, memory_sizes, prototypes, knn_neighbours,
     grayscale_views,
 )
 
