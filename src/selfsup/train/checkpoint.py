@@ -65,3 +65,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(
             f"checkpoint {path} is unreadable ({error.__class__.__name__}); delete it to start again"
         ) from None
+
+
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random streams a mid-epoch checkpoint must hold to continue the epoch's draws exactly."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

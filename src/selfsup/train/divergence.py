@@ -8,14 +8,15 @@
   bar's loss, every 10 steps; the end of an epoch) and before every checkpoint, which is never written
   after a bad step.
 - ``skip``: a step with a non-finite loss applies no update (no backward, optimizer step or
-  method state update) and is counted (``skipped_steps`` in metrics.jsonl). Deciding that before
-  the update needs the loss on the host, one sync per step on a GPU, as AMP's GradScaler does.
+  method state update; the batch-norm statistics its forward pass changed are put back) and is
+  counted (``skipped_steps`` in metrics.jsonl). Deciding that before the update needs the loss on the
+  host, one sync per step on a GPU, as AMP's GradScaler does.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 MODES = ("stop", "skip")
 
@@ -34,6 +35,19 @@ class DivergenceGuard:
         self.deferred = mode == "stop" and device.type != "cpu"
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # step number, -1: none yet
         self.skipped = 0
+        self._statistics: list[Tensor] = []
+        self._saved: list[Tensor] = []
+
+    def watch(self, module: nn.Module) -> None:
+        """``skip``: keep the batch-norm statistics of ``module`` so that a skipped step's forward can be undone."""
+        if self.mode == "skip":
+            norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+            self._statistics = [b for m in norms for b in m.buffers(recurse=False)]
+
+    def before_step(self) -> None:
+        """Remember the statistics a forward pass may change (``skip`` only; small: a few numbers per channel)."""
+        if self._statistics:
+            self._saved = [b.clone() for b in self._statistics]
 
     def admit(self, loss: Tensor, step: int) -> bool:
         """True to apply this step; False to skip it (``skip``); raises ``Diverged`` (``stop``, on the CPU)."""
@@ -44,6 +58,8 @@ class DivergenceGuard:
         if bool(finite):
             return True
         if self.mode == "skip":
+            for buffer, saved in zip(self._statistics, self._saved):
+                buffer.copy_(saved)
             self.skipped += 1
             return False
         raise self._error(step, float(loss.detach().float().reshape(-1)[0]))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
+from selfsup import distributed
 from selfsup.train.config import parse_value
 from selfsup.train.schema import check_assignments, check_config, check_overrides, leaves
 
@@ -47,3 +49,20 @@ def resumed_config(
             )
         node[key] = value
     return cfg
+
+
+def replan(cfg: dict[str, Any], planned: int, epoch: int, step: int, mid_epoch: bool) -> None:
+    """A resume with another ``train.epochs`` than the checkpoint planned: checked, said on stderr, and recorded
+    in ``cfg['recipe']['resumed']`` (config.yaml) with how the schedules continue."""
+    epochs = cfg["train"]["epochs"]
+    started = epoch + mid_epoch
+    if epochs < started:
+        raise ValueError(f"--epochs {epochs}: the run has already trained {started} epoch(s); ask for at least that")
+    how = (f"lr warm-up and cosine decay (and every schedule by step, e.g. EMA momentum) re-planned over {epochs} "
+           f"epochs from step {step} on; the steps before kept the values of the {planned}-epoch plan")
+    cfg.setdefault("recipe", {}).setdefault("resumed", []).append(
+        {"at_epoch": epoch, "at_step": step, "epochs": [planned, epochs], "schedule": how}
+    )
+    if distributed.is_main():
+        change = "extending" if epochs > planned else "shortening"
+        print(f"selfsup: {change} the run from {planned} to {epochs} epochs: {how}", file=sys.stderr)

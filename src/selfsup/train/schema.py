@@ -14,6 +14,7 @@ type the key expects.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 from dataclasses import dataclass, field, fields
@@ -145,10 +146,29 @@ def _backbone_keys(schema: Schema) -> None:
 
 @lru_cache(maxsize=None)
 def schema_for(method: str) -> Schema:
-    """Every valid dotted key of a ``method``'s config, with its rule."""
+    """Every valid dotted key of a ``method``'s config, with its rule.
+
+    A key whose every value is null here (chosen automatically, e.g. a projector as wide as the encoder's
+    features) takes the types the same key has in other methods' presets, or, if none, any value.
+    """
     from selfsup import methods
 
     methods.get(method)  # one line for an unknown method
+    schema = copy.deepcopy(_observed(method))
+    for dotted, rule in schema.items():
+        if rule.types == {type(None)}:
+            for other in methods.available():
+                rule.types |= _observed(other).get(dotted, Rule()).types
+            if rule.types == {type(None)}:
+                rule.types |= {bool, int, float, str, list}
+    return schema
+
+
+@lru_cache(maxsize=None)
+def _observed(method: str) -> Schema:
+    """The rules of ``method``'s keys from the values seen in the defaults, its presets, views and backbones."""
+    from selfsup import methods
+
     schema: Schema = {}
     for dotted, value in _walk(DEFAULTS):
         _see(schema, dotted, value)

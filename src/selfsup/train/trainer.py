@@ -18,17 +18,16 @@ from selfsup.data import iterate_batches
 from selfsup.data.views import build_views
 from selfsup.nn.sync_bn import convert_to_global_batchnorm
 from selfsup.train import report, run_folder
-from selfsup.train.checkpoint import load_checkpoint, save_checkpoint
-from selfsup.train.config import data_options
+from selfsup.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from selfsup.train.divergence import DivergenceGuard
 from selfsup.train.epoch_record import EpochRecord
 from selfsup.train.evaluation import score_encoder
 from selfsup.train.optim import build_optimizer
 from selfsup.train.preemption import Preempted, PreemptionWatch
-from selfsup.train.resume import resumed_config
+from selfsup.train.prepare import prepare
+from selfsup.train.resume import replan
 from selfsup.train.schedule import apply_lr, warmup_cosine
-from selfsup.train.schema import check_assignments, check_config, check_overrides
-from selfsup.train.setup import Datasets, build_method, load_datasets, make_config, resolve_device, seed_everything, validate
+from selfsup.train.setup import Datasets, build_method, resolve_device, seed_everything, validate
 
 
 def fit(
@@ -54,25 +53,7 @@ def fit(
     encoder: any ``nn.Module`` mapping inputs to [B, D], used instead of ``cfg['backbone']``.
     """
     distributed.init_from_env()
-    if resume:
-        if out_dir is None:
-            raise ValueError("--resume needs --out: the run folder to continue")
-        out = Path(out_dir)
-        run_folder.check_target(out, resume=True, overwrite=overwrite)
-        cfg = resumed_config(run_folder.read_config(out), overrides, assignments)
-        datasets = datasets or load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
-    else:
-        if method is None or data is None:
-            raise ValueError("train needs --method and --data (or --resume with --out pointing at a run)")
-        check_assignments(method, assignments)
-        check_overrides(method, overrides)
-        out = Path(out_dir) if out_dir is not None else None
-        if out is not None:
-            run_folder.check_target(out, resume=False, overwrite=overwrite)
-        datasets = datasets or load_datasets(data, data_dir, data_options(overrides, assignments))
-        cfg = make_config(method, data, datasets.pretrain, data_dir, overrides, assignments)
-        check_config(cfg)
-        out = out or run_folder.next_version(run_folder.default_base(method, data))
+    cfg, datasets, out = prepare(method, data, out_dir, data_dir, overrides, assignments, resume, overwrite, datasets)
     trainer = Trainer(cfg, datasets, encoder)
     if not distributed.is_main():
         return trainer.run(None, resume, stop_after_epoch, out)
@@ -109,6 +90,7 @@ class Trainer:
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.encoder = self.method.encoder
+        self.guard.watch(self.method)
         if train["compile"]:
             self.encoder.compile()
         self.views = build_views(
@@ -175,7 +157,7 @@ class Trainer:
             record = EpochRecord()
         else:  # resumed from a mid-epoch checkpoint
             record = EpochRecord.from_state(self.partial["record"], self.device)
-            _set_rng(self.partial["rng"], self.device)
+            restore_rng(self.partial["rng"], self.device)
             self.partial = None
         order = self._epoch_order()
         shards = [
@@ -229,6 +211,7 @@ class Trainer:
     def _step(self, indices: torch.Tensor, batch: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]] | None:
         """One optimizer step; None if the divergence guard skipped it (``train.on_nan=skip``)."""
         labels = self.pretrain_labels[indices]
+        self.guard.before_step()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             views = [v.to(self.dtype) for v in self.views(batch)]
             if self.channels_last:
@@ -270,7 +253,7 @@ class Trainer:
         self.guard.check()  # never save the weights of a step whose loss was not finite
         runtime = self.method.runtime_state()  # on every rank: it may gather
         partial = None if record is None else {  # per rank: their sums, monitors and random streams differ
-            "ranks": distributed.gather_objects({"record": record.state(), "rng": _get_rng(self.device)})
+            "ranks": distributed.gather_objects({"record": record.state(), "rng": rng_state(self.device)})
         }
         if self.folder is None:
             return
@@ -299,23 +282,8 @@ class Trainer:
                 "epoch-end checkpoint with any number)"
             )
         self.partial = ranks[distributed.rank()] if ranks else None
-        planned, epochs = state["epochs"], self.cfg["train"]["epochs"]
-        if epochs != planned:
-            self._replan(planned, epochs)
-
-    def _replan(self, planned: int, epochs: int) -> None:
-        """A resume with another ``train.epochs``: checked, said on stderr and recorded in config.yaml."""
-        started = self.epoch + (self.partial is not None)
-        if epochs < started:
-            raise ValueError(f"--epochs {epochs}: the run has already trained {started} epoch(s); ask for at least that")
-        how = (f"lr warm-up and cosine decay (and every schedule by step, e.g. EMA momentum) re-planned over {epochs} "
-               f"epochs from step {self.step} on; the steps before kept the values of the {planned}-epoch plan")
-        self.cfg.setdefault("recipe", {}).setdefault("resumed", []).append(
-            {"at_epoch": self.epoch, "at_step": self.step, "epochs": [planned, epochs], "schedule": how}
-        )
-        if distributed.is_main():
-            change = "extending" if epochs > planned else "shortening"
-            print(f"selfsup: {change} the run from {planned} to {epochs} epochs: {how}", file=sys.stderr)
+        if state["epochs"] != self.cfg["train"]["epochs"]:
+            replan(self.cfg, state["epochs"], self.epoch, self.step, mid_epoch=self.partial is not None)
 
     def _finish(self) -> dict[str, Any]:
         scores, test_f, test_y = self.evaluate(linear=True)
@@ -333,19 +301,6 @@ class Trainer:
             )
         distributed.barrier()
         return summary
-
-
-def _get_rng(device: torch.device) -> dict[str, torch.Tensor]:
-    rng = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return rng
-
-
-def _set_rng(rng: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _fits(data: Any, device: torch.device) -> bool:
