@@ -251,6 +251,20 @@ def test_numbers_in_exponent_form_are_numbers_and_types_are_checked():
             check_assignments("simclr", [assignment])
 
 
+def test_a_malicious_cifar_batch_with_a_matching_checksum_is_still_refused_unexecuted(tmp_path, monkeypatch):
+    """The second line of defence: were the published checksum ever to match, the restricted unpickler refuses."""
+    from selfsup.data import load_dataset
+    from selfsup.data.cifar import FORMATS
+
+    _malicious_cifar(tmp_path, tmp_path)
+    batches = tmp_path / "data" / "cifar-10-batches-py"
+    for file in batches.iterdir():
+        monkeypatch.setitem(FORMATS["cifar10"].md5, file.name, hashlib.md5(file.read_bytes()).hexdigest())
+    with pytest.raises(ValueError, match="data_batch_1 was refused: it asks to run posix.system") as error:
+        load_dataset("cifar10", tmp_path / "data", "train", progress=False)
+    assert "\n" not in str(error.value) and not (tmp_path / "ran").exists()
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path):
     with pytest.raises(ValueError, match="choose one"):
         fit(out_dir=tmp_path, resume=True, overwrite=True)

@@ -109,7 +109,7 @@ def assert_same_run(whole: Path, resumed: Path) -> None:
 
 
 @pytest.mark.parametrize("method", sorted(STATEFUL))
-def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(method, tmp_path):
+def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(method, tmp_path, capsys):
     extra, writes = STATEFUL[method]
     settings = SETTINGS + extra
     killed = tmp_path / "killed"
@@ -122,6 +122,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(meth
     assert 0 < saved["step"] < 27 and not (killed / "summary.json").exists()
     assert (killed / ".lock").read_text().startswith(f"pid={process.pid} ")  # left behind by the killed holder
     fit(out_dir=killed, resume=True, datasets=digits())
+    assert f"took over the stale lock of process {process.pid} on" in capsys.readouterr().err
     assert_same_run(tmp_path / "whole", killed)
 
 
