@@ -5,8 +5,9 @@ The schema is derived, not written out: a key is valid for a method when the glo
 a backbone's keyword arguments name it; its type is what those values have. A number key takes ints
 and floats, a whole-number key ints only, a key whose values are strings and something else takes
 only the strings seen (``data.workers``: ``auto`` or a whole number). ``DECLARED`` adds the few keys
-whose default (None) does not show a type, and sections in ``FREE_SECTIONS`` (the library-written
-``recipe``) may hold anything.
+whose default (None) does not show a type; a key that is null in all of a method's presets (chosen
+automatically) takes the types the same key has for other methods. Sections in ``FREE_SECTIONS`` (the
+library-written ``recipe``) may hold anything, and values the recipe fitted are not checked again.
 
 Errors are one line naming the key: an unknown key with the nearest valid name, a value with the
 type the key expects.
