@@ -244,6 +244,21 @@ def swav_queue(cfg: dict[str, Any], size: RunSize, num_prototypes: int) -> dict[
     return out
 
 
+def cpc_patch_grid(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """CPC on images: patches a quarter of the side every eighth (the paper's 64 px every 32 at 256 px, the
+    preset's 8 every 4 at 32 px), at least 4 px, and no more prediction steps than the grid has rows below."""
+    head = cfg["head"]
+    if head.get("patch_size") is None or head.get("patch_stride") is None:
+        return {}
+    patch = min(head["patch_size"], max(4, size.image_side // 4))
+    stride = min(head["patch_stride"], max(1, patch // 2))
+    rows = (size.image_side - patch) // stride + 1
+    steps = min(head.get("prediction_steps", 1), max(rows - 1, 1))
+    why = f"{size.image_side} px images: a {patch} px patch every {stride} px gives {rows} rows"
+    return {"head.patch_size": (patch, why), "head.patch_stride": (stride, why),
+            "head.prediction_steps": (steps, why + f", {steps} below the first to predict")}
+
+
 def knn_neighbours(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
     """kNN's k = 200 (InstDisc) is ~16 % of an ImageNet class; keep that fraction for small classes."""
     k = cfg["eval"]["knn_k"]
@@ -268,8 +283,8 @@ def grayscale_views(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, 
 
 
 RULES: tuple[Rule, ...] = (
-    small_image_backbone, batch_size, warmup, lars_trust, ema_momentum, memory_sizes, prototypes, knn_neighbours,
-    grayscale_views,
+    small_image_backbone, batch_size, warmup, lars_trust, ema_momentum, memory_sizes, prototypes, cpc_patch_grid,
+    knn_neighbours, grayscale_views,
 )
 
 

@@ -1,0 +1,108 @@
+"""The recipe: papers' numbers fitted to short runs and small data, never over what the user set."""
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from selfsup import methods
+from selfsup.data import ArrayDataset, load_dataset
+from selfsup.train.config import build_config, scale_of
+from selfsup.train.recipe import explicit_keys, fit_recipe
+from selfsup.train.setup import make_config
+from selfsup.train.trainer import fit
+from tests.helpers import QUIET, digits
+
+IMAGE_METHODS = [name for name, cls in methods.available().items() if cls.data_kind != "sequence"]
+
+
+def images(count: int, side: int, channels: int = 3, classes: int = 10) -> ArrayDataset:
+    """``count`` images without the memory: one image broadcast (the recipe reads sizes, not pixels)."""
+    data = torch.zeros(1, channels, side, side, dtype=torch.uint8).expand(count, -1, -1, -1)
+    labels = torch.arange(count) % classes
+    return ArrayDataset(data, labels, [str(c) for c in range(classes)], "synthetic", mean=(0.5,) * channels,
+                        std=(0.25,) * channels)
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_at_the_papers_scale_nothing_changes(method):
+    """CIFAR-10's 50,000 images for the preset's own epochs: every preset number stays (kNN k too)."""
+    data = images(50_000, 32)
+    preset = build_config(method, methods.preset(method), "cifar")
+    fitted = fit_recipe(preset, data, explicit=set())
+    assert fitted["recipe"]["changes"] == {}, fitted["recipe"]["changes"]
+    assert {k: v for k, v in fitted.items() if k != "recipe"} == {k: v for k, v in preset.items() if k != "recipe"}
+
+
+def test_a_short_run_on_digits_is_fitted_and_says_why():
+    cfg = make_config("byol", "digits", digits().pretrain, assignments=["train.epochs=20"])
+    changes = cfg["recipe"]["changes"]
+    assert cfg["recipe"]["run"] == {"images": 1257, "epochs": 20, "steps": 80, "image_side": 8}
+    assert cfg["backbone"]["name"] == "convnet" and "stem" not in cfg["backbone"]
+    assert cfg["optim"]["warmup_epochs"] == 2 and changes["optim.warmup_epochs"]["preset"] == 10
+    assert cfg["head"]["momentum_base"] == pytest.approx(0.9)  # time constant 10 steps = 1/8 of 80
+    assert cfg["optim"]["lars_clip"] is False and cfg["optim"]["lars_eta"] == 0.02
+    assert cfg["views"] == {"preset": "grayscale"}
+    assert cfg["eval"]["knn_k"] == 19  # 15 % of 126 images per class
+    assert all(isinstance(c["why"], str) and c["why"] for c in changes.values())
+
+
+def test_what_the_user_set_is_never_touched():
+    settings = ["train.epochs=20", "optim.warmup_epochs=5", "eval.knn_k=200", "views.preset=grayscale",
+                "head.queue_size=1024"]
+    cfg = make_config("moco", "digits", digits().pretrain, assignments=settings, overrides={"backbone": {"name": "resnet18"}})
+    assert cfg["optim"]["warmup_epochs"] == 5 and cfg["eval"]["knn_k"] == 200 and cfg["head"]["queue_size"] == 1024
+    assert cfg["backbone"]["name"] == "resnet18"
+    assert not {"optim.warmup_epochs", "eval.knn_k", "head.queue_size", "backbone.name"} & set(cfg["recipe"]["changes"])
+    verbatim = make_config("moco", "digits", digits().pretrain, assignments=["recipe.fit=false", "views.preset=grayscale"])
+    assert verbatim["recipe"] == {"fit": False} and verbatim["head"]["queue_size"] == 4096
+
+
+def test_explicit_keys_come_from_overrides_and_assignments():
+    keys = explicit_keys({"train": {"epochs": 3}, "backbone": {}}, ["loss.temperature=0.2", "head.x=1"])
+    assert keys == {"train.epochs", "loss.temperature", "head.x"}
+
+
+def test_memories_prototypes_and_patches_shrink_with_the_data():
+    data = digits().pretrain
+    moco = make_config("moco", "digits", data, assignments=["train.epochs=20"])
+    assert moco["head"]["queue_size"] == 256 and moco["head"]["momentum"] == 0.99  # the key encoder stays slow
+    swav = make_config("swav", "digits", data, assignments=["train.epochs=20"])
+    assert swav["head"]["num_prototypes"] == 1257 // 16 and swav["head"]["queue_size"] == 0
+    assert make_config("deepclusterv2", "digits", data)["head"]["num_prototypes"] == [78, 78, 78]
+    assert make_config("instdisc", "digits", data)["head"]["noise_samples"] == 1257 // 4
+    cpc = make_config("cpc", "digits", data)["head"]
+    assert (cpc["patch_size"], cpc["patch_stride"], cpc["prediction_steps"]) == (4, 2, 2)
+
+
+def test_a_grayscale_folder_loads_as_one_channel_and_trains_with_the_small_recipe(tmp_path):
+    archive = tmp_path / "glyphs.tar.gz"
+    rng = np.random.default_rng(0)
+    with tarfile.open(archive, "w:gz") as tar:
+        for split, count in (("train", 40), ("test", 20)):
+            for i in range(count):
+                buffer = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(buffer, "PNG")
+                info = tarfile.TarInfo(f"{split}/{i % 2}/{i}.png")
+                info.size = buffer.tell()
+                tar.addfile(info, io.BytesIO(buffer.getvalue()))
+    spec = f"folder:{archive}"
+    assert load_dataset(spec, None, "test", progress=False).data.shape == (20, 1, 28, 28)
+    fit("simclr", spec, out_dir=tmp_path / "run", assignments=QUIET + ["train.epochs=1", "backbone.width=2"])
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["backbone"]["name"] == "convnet" and cfg["views"]["preset"] == "grayscale"
+    assert cfg["train"]["batch_size"] == 8  # 40 images: 5 steps an epoch
+    assert scale_of("image", 28) == "cifar"
+
+
+def test_a_resumed_run_keeps_its_fitted_config(tmp_path):
+    settings = QUIET + ["train.epochs=2", "backbone.width=2", "train.batch_size=128"]
+    fit("byol", "digits", out_dir=tmp_path / "run", assignments=settings, datasets=digits(), stop_after_epoch=1)
+    written = (tmp_path / "run" / "config.yaml").read_text()
+    fit(out_dir=tmp_path / "run", resume=True, datasets=digits())
+    assert (tmp_path / "run" / "config.yaml").read_text() == written
+    assert yaml.safe_load(written)["head"]["momentum_base"] < 0.99
