@@ -46,7 +46,7 @@ from selfsup.nn.backbones import build_backbone  # noqa: E402
 from selfsup.train.setup import Datasets, load_datasets, make_config  # noqa: E402
 from selfsup.train.trainer import fit  # noqa: E402
 
-SEED = 0
+Scores = dict[int, list[float]]  # k -> one kNN top-1 per seed
 
 
 @dataclass
@@ -55,12 +55,17 @@ class Row:
     epochs: int
     run_k: int | None = None
     backbone: str = ""
-    library: dict[int, float] = field(default_factory=dict)
-    reference: dict[int, float] = field(default_factory=dict)
-    random_init: dict[int, float] = field(default_factory=dict)
-    library_s: float | None = None
-    reference_s: float | None = None
+    library: Scores = field(default_factory=dict)
+    reference: Scores = field(default_factory=dict)
+    random_init: Scores = field(default_factory=dict)
+    library_s: list[float] = field(default_factory=list)
+    reference_s: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def add(into: Scores, measured: dict[int, float]) -> None:
+    for k, top1 in measured.items():
+        into.setdefault(k, []).append(top1)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -72,6 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--knn-k", type=int, default=200)
     parser.add_argument("--knn-t", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat every run with seeds 0..N-1 (means, and the range)")
     parser.add_argument("--cifar", help="folder with CIFAR-10 (JPEG) train.tar.gz / test.tar.gz")
     parser.add_argument("--cifar-train", type=int, default=5000)
     parser.add_argument("--cifar-test", type=int, default=1000)
@@ -106,8 +112,8 @@ def scores(encoder: nn.Module, data: Datasets, ks: list[int], t: float) -> dict[
     return knn_scores(train_x, data.train.labels, test_x, data.test.labels, ks, t)
 
 
-def fresh_backbone(cfg: dict[str, Any], data: Datasets) -> nn.Module:
-    torch.manual_seed(SEED)
+def fresh_backbone(cfg: dict[str, Any], data: Datasets, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
     return build_backbone(cfg["backbone"], data.pretrain.channels, data.pretrain.input_size)
 
 
@@ -116,7 +122,7 @@ def library_encoder(run: Path, cfg: dict[str, Any], data: Datasets) -> nn.Module
     from safetensors.torch import load_file
 
     weights = load_file(str(run / "encoder.safetensors"))
-    backbone = fresh_backbone(cfg, data)
+    backbone = build_backbone(cfg["backbone"], data.pretrain.channels, data.pretrain.input_size)
     if not any(key.startswith("backbone.") for key in weights):
         backbone.load_state_dict(weights)
         return backbone
@@ -128,64 +134,77 @@ def library_encoder(run: Path, cfg: dict[str, Any], data: Datasets) -> nn.Module
 
 
 def run_method(method: str, spec: str, data: Datasets, args: argparse.Namespace) -> Row:
-    """Library run, its random-init backbone and the reference with that backbone, all scored alike."""
+    """Per seed: the library run, its random-init backbone and the reference with that backbone, all scored alike."""
     row = Row(method, args.epochs)
-    out = Path(args.out) / args.data / method
-    settings = [f"train.epochs={args.epochs}", f"backbone.width={args.width}", "eval.every=0", "eval.plots=false",
-                "train.progress=false"]
-    cfg = make_config(method, spec, data.pretrain, assignments=settings)  # what the run will write, if it fails
-    try:
-        summary = fit(method, spec, out_dir=out, assignments=settings, datasets=data, overwrite=True)
-        cfg = yaml.safe_load((out / "config.yaml").read_text())
-    except Exception as err:  # one failing method must not stop the others; its row says why
-        traceback.print_exc()
-        row.notes.append(f"library failed: {type(err).__name__}: {' '.join(str(err).split())}")
-        summary = None
-    row.run_k = int(cfg["eval"]["knn_k"])
-    row.backbone = f"{cfg['backbone']['name']} w{cfg['backbone'].get('width')}"
-    ks = sorted({args.knn_k, row.run_k})
-    if summary is not None:
-        row.library_s = summary["wall_s"]
-        row.library = scores(library_encoder(out, cfg, data), data, ks, args.knn_t)
-        if abs(row.library[row.run_k] - summary["knn_top1"]) > 1e-3:
-            row.notes.append(f"run's own kNN {summary['knn_top1']:.3f}")
-    row.random_init = scores(fresh_backbone(cfg, data), data, ks, args.knn_t)
-    try:
-        trained = train_reference(method, fresh_backbone(cfg, data), data.pretrain.data, data.pretrain.labels,
-                                  data.pretrain.mean, data.pretrain.std, args.epochs, SEED)
-        row.reference_s = trained.wall_s
-        row.reference = scores(trained.encoder, data, ks, args.knn_t)
-        if not all(map(math.isfinite, trained.losses)):
-            row.notes.append("reference loss not finite")
-    except Exception as err:
-        traceback.print_exc()
-        row.notes.append(f"reference failed: {type(err).__name__}: {' '.join(str(err).split())}")
+    for seed in range(args.seeds):
+        out = Path(args.out) / args.data / method / f"seed{seed}"
+        settings = [f"train.epochs={args.epochs}", f"backbone.width={args.width}", f"train.seed={seed}",
+                    "eval.every=0", "eval.plots=false", "train.progress=false"]
+        cfg = make_config(method, spec, data.pretrain, assignments=settings)  # what the run writes, if it fails
+        try:
+            summary = fit(method, spec, out_dir=out, assignments=settings, datasets=data, overwrite=True)
+            cfg = yaml.safe_load((out / "config.yaml").read_text())
+        except Exception as err:  # one failing method must not stop the others; its row says why
+            traceback.print_exc()
+            row.notes.append(f"library failed: {type(err).__name__}: {' '.join(str(err).split())}")
+            summary = None
+        row.run_k = int(cfg["eval"]["knn_k"])
+        row.backbone = f"{cfg['backbone']['name']} w{cfg['backbone'].get('width')}"
+        ks = sorted({args.knn_k, row.run_k})
+        if summary is not None:
+            row.library_s.append(summary["wall_s"])
+            add(row.library, scores(library_encoder(out, cfg, data), data, ks, args.knn_t))
+            if abs(row.library[row.run_k][-1] - summary["knn_top1"]) > 1e-3:
+                row.notes.append(f"seed {seed}: the run's own kNN {summary['knn_top1']:.3f}")
+        add(row.random_init, scores(fresh_backbone(cfg, data, seed), data, ks, args.knn_t))
+        try:
+            trained = train_reference(method, fresh_backbone(cfg, data, seed), data.pretrain.data, data.pretrain.labels,
+                                      data.pretrain.mean, data.pretrain.std, args.epochs, seed)
+            row.reference_s.append(trained.wall_s)
+            add(row.reference, scores(trained.encoder, data, ks, args.knn_t))
+            if not all(map(math.isfinite, trained.losses)):
+                row.notes.append(f"seed {seed}: reference loss not finite")
+        except Exception as err:
+            traceback.print_exc()
+            row.notes.append(f"reference failed: {type(err).__name__}: {' '.join(str(err).split())}")
     return row
 
 
-def pair(values: dict[int, float], k: int, run_k: int | None) -> str:
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def pair(values: Scores, k: int, run_k: int | None) -> str:
+    """Mean over seeds at k, then at the run's k."""
     if k not in values:
         return "—"
     if run_k is None or run_k == k:
-        return f"{values[k]:.3f}"
-    return f"{values[k]:.3f} / {values[run_k]:.3f}"
+        return f"{mean(values[k]):.3f}"
+    return f"{mean(values[k]):.3f} / {mean(values[run_k]):.3f}"
+
+
+def spread(values: Scores, k: int) -> str:
+    return f"{min(values[k]):.3f}-{max(values[k]):.3f}" if k in values else "—"
 
 
 def ratio(a: float | None, b: float | None, digits: int = 2) -> str:
     return f"{a / b:.{digits}f}" if a and b else "—"
 
 
-def table(rows: list[Row], raw: dict[int, float], k: int) -> str:
+def table(rows: list[Row], raw: Scores, k: int, seeds: int) -> str:
     header = ["method", "epochs", "backbone", "run k", f"library kNN @{k} / @run k", "reference kNN",
-              "raw pixels", "random init", "library / reference kNN", "library wall s", "reference wall s",
-              "library / reference wall", "notes"]
+              "raw pixels", "random init", "library / reference kNN"]
+    header += [f"library, reference @{k} over {seeds} seeds"] if seeds > 1 else []
+    header += ["library wall s", "reference wall s", "library / reference wall", "notes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
+        library_s, reference_s = mean(r.library_s), mean(r.reference_s)
         cells = [r.method, str(r.epochs), r.backbone or "—", str(r.run_k or "—"), pair(r.library, k, r.run_k),
                  pair(r.reference, k, r.run_k), pair(raw, k, r.run_k), pair(r.random_init, k, r.run_k),
-                 ratio(r.library.get(k), r.reference.get(k), 3),
-                 f"{r.library_s:.1f}" if r.library_s else "—", f"{r.reference_s:.1f}" if r.reference_s else "—",
-                 ratio(r.library_s, r.reference_s), "; ".join(r.notes).replace("|", "/")]
+                 ratio(mean(r.library.get(k, [])), mean(r.reference.get(k, [])), 3)]
+        cells += [f"{spread(r.library, k)}, {spread(r.reference, k)}"] if seeds > 1 else []
+        cells += [f"{library_s:.1f}" if library_s else "—", f"{reference_s:.1f}" if reference_s else "—",
+                  ratio(library_s, reference_s), "; ".join(r.notes).replace("|", "/")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -207,11 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_method(name, spec, data, args))
         print(json.dumps(rows[-1].__dict__, default=str), flush=True)
     run_ks = sorted({r.run_k for r in rows if r.run_k} | {args.knn_k})
-    raw = scores(nn.Identity(), data, run_ks, args.knn_t)
+    raw: Scores = {}
+    add(raw, scores(nn.Identity(), data, run_ks, args.knn_t))
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     print(f"\n{args.data}: {len(data.pretrain)} pretraining / {len(data.test)} test images, {when}, "
-          f"{torch.get_num_threads()} thread(s); kNN t={args.knn_t}, cells '@{args.knn_k} / @run k'\n")
-    print(table(rows, raw, args.knn_k))
+          f"{torch.get_num_threads()} thread(s); kNN t={args.knn_t}; cells: '@{args.knn_k} / @run k', "
+          f"means over {args.seeds} seed(s); wall: training only\n")
+    print(table(rows, raw, args.knn_k, args.seeds))
     return 0
 
 

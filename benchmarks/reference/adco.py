@@ -8,7 +8,7 @@
 Authors' code: 128-d head Linear-ReLU-Linear, tau 0.12, tau_mem 0.02, K 65536 negatives
 initialised from encoded images, memory lr 3 with momentum 0.9 and weight decay 1e-4; encoder SGD
 lr 0.03 x B/256, weight decay 1e-4, cosine; m 0.999; asymmetric loss (``--sym 0``).
-Short run: batch 128; K as MoCo's queue (a quarter of the data at most), m as in ``moco.py``.
+Short run: batch 128; K as MoCo's queue (a quarter of the data at most), m 0.99 as in ``moco.py``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Recipe, Reference, Run, copy_frozen, ema_update, grouped_forward, shuffled_bn_forward, short_run_momentum
-from .moco import info_nce, queue_size
+from .common import Recipe, Reference, Run, copy_frozen, ema_update, grouped_forward, shuffled_bn_forward
+from .moco import MOMENTUM, info_nce, queue_size
 
 RECIPE = Recipe("sgd", lr=0.03, weight_decay=1e-4, batch_size=128)
 TAU, TAU_MEMORY = 0.12, 0.02
@@ -30,7 +30,6 @@ class AdCo(Reference):
         d = run.feature_dim
         self.f_q = nn.Sequential(backbone, nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 128))
         self.f_k = copy_frozen(self.f_q)
-        self.m = short_run_momentum(0.999, run.total_steps)
         self.negatives = nn.Parameter(torch.randn(queue_size(run), 128))
         self.memory_optimizer = torch.optim.SGD([self.negatives], lr=3.0, momentum=0.9, weight_decay=1e-4, maximize=True)
 
@@ -55,4 +54,4 @@ class AdCo(Reference):
         self.memory_optimizer.zero_grad()
         info_nce(q, k, F.normalize(self.negatives, dim=1), TAU_MEMORY).backward()
         self.memory_optimizer.step()
-        ema_update(self.f_k, self.f_q, self.m)
+        ema_update(self.f_k, self.f_q, MOMENTUM)

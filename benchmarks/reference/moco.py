@@ -10,8 +10,9 @@ m 0.999; SGD lr 0.03 x B/256, momentum 0.9, weight decay 1e-4 (v2: cosine schedu
 the key batch is shuffled across GPUs; on one device its BN runs in groups of 32 shuffled images
 (the authors' CIFAR demo splits BN into 8 groups), ``common.shuffled_bn_forward``.
 Short run: batch 128; the queue holds a quarter of the data at most (K = B x max(1, N // 4B): 256
-keys for 1,257 images, so no image meets its own stale keys), m lowered so the key encoder lags at
-most 5 % of the run (``common.short_run_momentum``); cosine schedule for both versions.
+keys for 1,257 images, so no image meets its own stale keys); m 0.99 as the authors' CIFAR demo
+(slow is right for MoCo, paper Sec. 4.1; on digits, 20 epochs, kNN@200 over seeds 0-1,
+m 0.89 (5 %-of-the-run lag) 0.91-0.93, 0.99 0.94-0.96, 0.999 0.93); cosine schedule for both versions.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Recipe, Reference, Run, copy_frozen, ema_update, grouped_forward, shuffled_bn_forward, short_run_momentum
+from .common import Recipe, Reference, Run, copy_frozen, ema_update, grouped_forward, shuffled_bn_forward
 
 RECIPE = Recipe("sgd", lr=0.03, weight_decay=1e-4, batch_size=128)
+MOMENTUM = 0.99
 
 
 def queue_size(run: Run) -> int:
@@ -45,7 +47,6 @@ class MoCoV2(Reference):
         head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 128)) if self.mlp_head else nn.Linear(d, 128)
         self.f_q = nn.Sequential(backbone, head)
         self.f_k = copy_frozen(self.f_q)
-        self.m = short_run_momentum(0.999, run.total_steps)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size(run), 128), dim=1))
         self.pointer = 0
 
@@ -57,7 +58,7 @@ class MoCoV2(Reference):
         return info_nce(q, k, self.queue.clone(), self.temperature)
 
     def after_step(self, progress):
-        ema_update(self.f_k, self.f_q, self.m)
+        ema_update(self.f_k, self.f_q, MOMENTUM)
         n = len(self.keys)
         self.queue[self.pointer : self.pointer + n] = self.keys
         self.pointer = (self.pointer + n) % len(self.queue)
