@@ -1,11 +1,14 @@
 """Kills at random moments, then resume: does every run end exactly where an uninterrupted run ends?
 
-    .venv/bin/python benchmarks/faults.py [--kills 3] [--methods simclr moco ...] [--seed 0] [--out /tmp/faults]
+    .venv/bin/python benchmarks/faults.py [--kills 3] [--when anytime|training] [--methods simclr moco ...]
+        [--seed 0] [--out /tmp/faults]
 
 For each method: one uninterrupted ``selfsup train`` on digits, then the same run killed with SIGKILL
-``--kills`` times at moments drawn uniformly over the uninterrupted run's wall time (startup, training,
-mid-save and evaluation alike), each time continued with ``--resume`` (or, when the kill came before the
-first checkpoint, started again with ``--overwrite``), then run to its end. Compared with the uninterrupted
+``--kills`` times, each time continued with ``--resume`` (or, when the kill came before the first
+checkpoint, started again with ``--overwrite``), then run to its end. ``--when anytime``: each kill at a
+moment drawn uniformly over the uninterrupted run's wall time after the process starts (imports and
+setup included); ``training``: uniformly over its training time, counted from the moment the process
+holds the run folder's lock (training, checkpoint writes and evaluation alike). Compared with the uninterrupted
 run: every tensor of the final checkpoint (weights, buffers, runtime state, optimizer state) bit for bit,
 metrics.jsonl (all but the wall-clock fields) and the final kNN. Also counted: kills that left a temporary
 file (a kill during a save) and resumes that cut metrics.jsonl back. Prints one markdown row per method.
@@ -70,13 +73,28 @@ def same(a, b) -> bool:
     return a == b
 
 
-def killed_run(method: str, run: Path, kills: int, span: float, rng: random.Random) -> dict:
-    """Kill ``kills`` times at uniform moments in [0, span] after each start, then let it finish."""
+def holds_lock(process: subprocess.Popen, run: Path) -> bool:
+    lock = run / ".lock"
+    try:
+        return lock.read_text().startswith(f"pid={process.pid} ")
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_lock(process: subprocess.Popen, run: Path) -> None:
+    while process.poll() is None and not holds_lock(process, run):
+        time.sleep(0.002)
+
+
+def killed_run(method: str, run: Path, kills: int, span: float, training: bool, rng: random.Random) -> dict:
+    """Kill ``kills`` times at uniform moments in [0, span] after each start (or lock), then let it finish."""
     stats = {"kills": 0, "mid_save": 0, "cut_back": 0, "restarts": 0, "resumes": 0}
     flags: tuple[str, ...] = ()
     for attempt in range(kills + 1):
         process = train(method, run, *flags)
         if attempt < kills:
+            if training:
+                wait_for_lock(process, run)
             deadline = time.perf_counter() + rng.uniform(0.0, span)
             while process.poll() is None and time.perf_counter() < deadline:
                 time.sleep(0.002)
@@ -106,23 +124,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(EXTRA))
     parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--when", choices=["anytime", "training"], default="training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/selfsup-faults"))
     args = parser.parse_args()
     rng = random.Random(args.seed)
     print("| method | kills | during a save | resumed | restarted (killed before 1st checkpoint) | metrics cut back "
-          "| weights, state, optimizer | metrics rows | kNN | uninterrupted s |")
+          "| weights, state, optimizer | metrics rows | kNN | kill window s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for method in args.methods:
         root = args.out / method
         shutil.rmtree(root, ignore_errors=True)
         start = time.perf_counter()
         whole = train(method, root / "whole")
+        wait_for_lock(whole, root / "whole")
+        locked = time.perf_counter()
         _, err = whole.communicate()
         if whole.returncode != 0:
             raise RuntimeError(f"{method}: {err.strip()}")
-        span = time.perf_counter() - start
-        stats = killed_run(method, root / "killed", args.kills, span, rng)
+        span = time.perf_counter() - (locked if args.when == "training" else start)
+        stats = killed_run(method, root / "killed", args.kills, span, args.when == "training", rng)
         a, b = (load_checkpoint(root / r / "checkpoints" / "last.pt") for r in ("whole", "killed"))
         state = all(same(a[k], b[k]) for k in ("method", "runtime", "optimizer"))
         knn = [json.loads((root / r / "summary.json").read_text())["knn_top1"] for r in ("whole", "killed")]
