@@ -134,11 +134,14 @@ def test_folder_spec_directory_tar_and_single_split_holdout(tmp_path):
     assert resized.data.shape[1:] == (3, 8, 8)
 
 
-def test_non_square_and_grayscale_images_become_rgb_squares(tmp_path):
+def test_non_square_images_become_squares_and_a_grayscale_folder_keeps_one_channel(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     Image.fromarray(np.full((10, 20), 200, np.uint8), mode="L").save(tmp_path / "train" / "a" / "wide.png")
     data = load_dataset(f"folder:{tmp_path}", tmp_path / "cache", "train", image_size=10, progress=False).data
-    assert data.shape == (1, 3, 10, 10) and (data == 200).all()
+    assert data.shape == (1, 1, 10, 10) and (data == 200).all()
+    Image.fromarray(np.full((10, 10, 3), (200, 10, 10), np.uint8), mode="RGB").save(tmp_path / "train" / "a" / "red.png")
+    data = load_dataset(f"folder:{tmp_path}", tmp_path / "cache", "train", image_size=10, progress=False).data
+    assert data.shape == (2, 3, 10, 10) and (data[:, 0] == 200).all()  # one colour image: the folder stays RGB
 
 
 def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(tmp_path):

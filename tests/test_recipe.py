@@ -71,6 +71,9 @@ def test_memories_prototypes_and_patches_shrink_with_the_data():
     data = digits().pretrain
     moco = make_config("moco", "digits", data, assignments=["train.epochs=20"])
     assert moco["head"]["queue_size"] == 256 and moco["head"]["momentum"] == 0.99  # the key encoder stays slow
+    assert moco["head"]["bn_splits"] == 8  # 32 samples per group at batch 256
+    small = make_config("moco", "digits", data, assignments=["train.batch_size=96"])
+    assert small["head"]["bn_splits"] == 3 and small["head"]["queue_size"] == 288  # 32 per group; 3 batches
     swav = make_config("swav", "digits", data, assignments=["train.epochs=20"])
     assert swav["head"]["num_prototypes"] == 1257 // 16 and swav["head"]["queue_size"] == 0
     assert make_config("deepclusterv2", "digits", data)["head"]["num_prototypes"] == [78, 78, 78]

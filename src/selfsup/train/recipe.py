@@ -32,6 +32,7 @@ IMAGES_PER_PROTOTYPE = 16  # solo-learn's CIFAR-10 SwAV: 3000 prototypes for 50,
 PROTOTYPE_FREEZE_FRACTION = 0.05  # prototypes frozen at most this fraction of the run
 LARS_MIN_TRAVEL = 10.0  # weight norms an unclipped-LARS layer can travel over the run, at least
 LARS_SHORT_RUN_ETA = 0.02  # the largest trust coefficient of any preset (solo-learn's)
+MIN_BN_GROUP = 32  # samples per batch-norm group (MoCo v1 Sec. 3.3: 8 GPUs x 32 images)
 KNN_CLASS_FRACTION = 0.15  # InstDisc's k = 200 is ~16 % of an ImageNet class (1,281 images)
 
 
@@ -193,6 +194,19 @@ def lars_trust(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]
     return out
 
 
+def batchnorm_groups(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """MoCo's one-process split BatchNorm: groups of at least ``MIN_BN_GROUP`` samples (MoCo v1's 32 per GPU),
+    a divisor of the batch."""
+    splits, batch = cfg["head"].get("bn_splits"), cfg["train"]["batch_size"]
+    if not isinstance(splits, int) or not isinstance(batch, int) or splits <= 1:
+        return {}
+    fitted = max([s for s in range(1, splits + 1) if batch % s == 0 and batch // s >= MIN_BN_GROUP] or [1])
+    if fitted == splits:
+        return {}
+    return {"head.bn_splits": (fitted, f"a batch of {batch} in {splits} groups leaves {batch / splits:g} samples "
+                                       f"per group; at least {MIN_BN_GROUP}")}
+
+
 def memory_sizes(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
     """MoCo's queue, AdCo's negatives, InstDisc's noise samples: at most a quarter of the dataset.
 
@@ -208,6 +222,10 @@ def memory_sizes(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str
             continue
         fitted = max(batch, cap // batch * batch) if key != "noise_samples" else max(cap, 1)
         out[f"head.{key}"] = (fitted, f"{value} exceeds {MEMORY_FRACTION:.0%} of the {size.samples} images")
+        if key == "num_negatives" and "negatives_lr" in cfg["head"]:
+            lr = float(f"{cfg['head']['negatives_lr'] * fitted / value:.3g}")
+            out["head.negatives_lr"] = (lr, f"{fitted} adversarial negatives instead of {value}: each takes "
+                                            f"{value / fitted:.0f}x the softmax share, so its ascent step scales down alike")
     return out
 
 
@@ -283,8 +301,8 @@ def grayscale_views(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, 
 
 
 RULES: tuple[Rule, ...] = (
-    small_image_backbone, batch_size, warmup, lars_trust, ema_momentum, memory_sizes, prototypes, cpc_patch_grid,
-    knn_neighbours, grayscale_views,
+    small_image_backbone, batch_size, warmup, lars_trust, ema_momentum, batchnorm_groups, memory_sizes, prototypes,
+    cpc_patch_grid, knn_neighbours, grayscale_views,
 )
 
 
