@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,15 +72,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data", choices=["digits", "cifar10"], default="digits")
     parser.add_argument("--methods", default="all", help="comma list of image methods, or 'all'")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--width", type=int, default=16, help="backbone.width of the library run (and so of the reference)")
+    parser.add_argument("--width", type=int, default=16, help="backbone.width of the library run and the reference")
     parser.add_argument("--knn-k", type=int, default=200)
     parser.add_argument("--knn-t", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--seeds", type=int, default=1, help="repeat every run with seeds 0..N-1 (means, and the range)")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat every run with seeds 0..N-1 (means and range)")
     parser.add_argument("--cifar", help="folder with CIFAR-10 (JPEG) train.tar.gz / test.tar.gz")
     parser.add_argument("--cifar-train", type=int, default=5000)
     parser.add_argument("--cifar-test", type=int, default=1000)
-    parser.add_argument("--out", default=str(REPO / "runs" / "bench-learning"), help="parent of the library's run folders")
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench-learning"), help="parent of the library's runs")
     return parser.parse_args(argv)
 
 
@@ -112,25 +111,26 @@ def scores(encoder: nn.Module, data: Datasets, ks: list[int], t: float) -> dict[
     return knn_scores(train_x, data.train.labels, test_x, data.test.labels, ks, t)
 
 
-def fresh_backbone(cfg: dict[str, Any], data: Datasets, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_backbone(cfg["backbone"], data.pretrain.channels, data.pretrain.input_size)
-
-
-def library_encoder(run: Path, cfg: dict[str, Any], data: Datasets) -> nn.Module:
-    """The run's trained encoder: its backbone, or for image CPC the library's patch grid around it."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(run / "encoder.safetensors"))
+def fresh_encoder(cfg: dict[str, Any], data: Datasets, seed: int | None = None) -> nn.Module:
+    """The run's encoder at initialisation (seeded if ``seed`` is given): its backbone, or for CPC on
+    images the library's patch grid around it, whose representation is the mean of the patch latents."""
+    if seed is not None:
+        torch.manual_seed(seed)
     backbone = build_backbone(cfg["backbone"], data.pretrain.channels, data.pretrain.input_size)
-    if not any(key.startswith("backbone.") for key in weights):
-        backbone.load_state_dict(weights)
+    if cfg["method"] != "cpc":
         return backbone
     from selfsup.methods.cpc import PatchGrid
 
-    grid = PatchGrid(backbone, cfg["head"]["patch_size"], cfg["head"]["patch_stride"])
-    grid.load_state_dict(weights)
-    return grid
+    return PatchGrid(backbone, cfg["head"]["patch_size"], cfg["head"]["patch_stride"])
+
+
+def library_encoder(run: Path, cfg: dict[str, Any], data: Datasets) -> nn.Module:
+    """The run's trained encoder, from its ``encoder.safetensors``."""
+    from safetensors.torch import load_file
+
+    encoder = fresh_encoder(cfg, data)
+    encoder.load_state_dict(load_file(str(run / "encoder.safetensors")))
+    return encoder
 
 
 def run_method(method: str, spec: str, data: Datasets, args: argparse.Namespace) -> Row:
@@ -156,9 +156,11 @@ def run_method(method: str, spec: str, data: Datasets, args: argparse.Namespace)
             add(row.library, scores(library_encoder(out, cfg, data), data, ks, args.knn_t))
             if abs(row.library[row.run_k][-1] - summary["knn_top1"]) > 1e-3:
                 row.notes.append(f"seed {seed}: the run's own kNN {summary['knn_top1']:.3f}")
-        add(row.random_init, scores(fresh_backbone(cfg, data, seed), data, ks, args.knn_t))
+        add(row.random_init, scores(fresh_encoder(cfg, data, seed), data, ks, args.knn_t))
         try:
-            trained = train_reference(method, fresh_backbone(cfg, data, seed), data.pretrain.data, data.pretrain.labels,
+            torch.manual_seed(seed)
+            backbone = build_backbone(cfg["backbone"], data.pretrain.channels, data.pretrain.input_size)
+            trained = train_reference(method, backbone, data.pretrain.data, data.pretrain.labels,
                                       data.pretrain.mean, data.pretrain.std, args.epochs, seed)
             row.reference_s.append(trained.wall_s)
             add(row.reference, scores(trained.encoder, data, ks, args.knn_t))

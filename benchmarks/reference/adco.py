@@ -31,7 +31,8 @@ class AdCo(Reference):
         self.f_q = nn.Sequential(backbone, nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 128))
         self.f_k = copy_frozen(self.f_q)
         self.negatives = nn.Parameter(torch.randn(queue_size(run), 128))
-        self.memory_optimizer = torch.optim.SGD([self.negatives], lr=3.0, momentum=0.9, weight_decay=1e-4, maximize=True)
+        self.memory_optimizer = torch.optim.SGD([self.negatives], lr=3.0, momentum=0.9, weight_decay=1e-4,
+                                                maximize=True)  # gradient ascent
 
     def param_groups(self):
         return [{"params": [p for p in self.f_q.parameters()]}]

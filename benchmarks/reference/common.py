@@ -354,7 +354,8 @@ def train(
 
 
 @torch.no_grad()
-def encode(encoder: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float], batch: int = 512) -> Tensor:
+def encode(encoder: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float], batch: int = 512,
+           ) -> Tensor:
     """Eval-mode features of un-augmented, normalised uint8 images."""
     was_training = encoder.training
     encoder.eval()
@@ -364,6 +365,7 @@ def encode(encoder: nn.Module, images: Tensor, mean: Sequence[float], std: Seque
     return out.flatten(1)
 
 
-def knn_scores(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, ks: Sequence[int], t: float) -> dict[int, float]:
+def knn_scores(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, ks: Sequence[int], t: float,
+               ) -> dict[int, float]:
     """The library's weighted kNN top-1 at each k (features of any kind: raw pixels or an encoder's)."""
     return {k: knn_top1(train_x, train_y, test_x, test_y, k=k, temperature=t) for k in ks}
