@@ -56,7 +56,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL (\S+)", str(error))
         if found is None:
-            raise ValueError(f"checkpoint {path} is unreadable (not a checkpoint, or damaged); delete it to start again") from None
+            raise ValueError(
+                f"checkpoint {path} is unreadable (not a checkpoint, or damaged); delete it to start again"
+            ) from None
         raise ValueError(
             f"checkpoint {path} was refused: it references {found.group(1)}, which a selfsup checkpoint never does, "
             "and loading it could run code; use only checkpoints you trust, or delete it to start again"

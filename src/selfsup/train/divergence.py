@@ -65,7 +65,10 @@ class DivergenceGuard:
         raise self._error(step, float(loss.detach().float().reshape(-1)[0]))
 
     def check(self) -> None:
-        """Raise ``Diverged`` if a bad step was recorded on the device (a host read: call it where one happens anyway)."""
+        """Raise ``Diverged`` if a bad step was recorded on the device.
+
+        A host read: call it where the host waits for the device anyway.
+        """
         if self.deferred:
             step = int(self.first_bad)
             if step >= 0:

@@ -89,7 +89,8 @@ def check_target(path: Path, resume: bool, overwrite: bool) -> None:
             )
     elif holds_run(path) and not overwrite:
         raise ValueError(
-            f"{path} already holds a run: add --resume to continue it, --overwrite to replace it, or choose another --out"
+            f"{path} already holds a run: add --resume to continue it, --overwrite to replace it, "
+            "or choose another --out"
         )
     elif overwrite and path.is_dir() and any(path.iterdir()) and not holds_run(path):
         raise ValueError(f"--overwrite: {path} is not a run folder (no {CONFIG}); refusing to clear it")
@@ -112,7 +113,9 @@ def read_config(path: Path) -> dict[str, Any]:
     try:
         cfg = load_yaml(file.read_text())
     except ValueError as error:
-        raise ValueError(f"{file} is malformed ({error}); restore it from the run's source or start a new run") from None
+        raise ValueError(
+            f"{file} is malformed ({error}); restore it from the run's source or start a new run"
+        ) from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{file} is not a selfsup config (it holds a {type(cfg).__name__})")
     return cfg

@@ -199,7 +199,8 @@ def _unknown_key(method: str, dotted: str, schema: Schema) -> ValueError:
             f"{', ...' if len(others) > 4 else ''}); see presets/{method}.yaml for {method}'s settings"
         )
     close = difflib.get_close_matches(dotted, [k for k in schema if not _free(k)], n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else f"; sections: {', '.join(sorted(k for k in schema if '.' not in k))}"
+    sections = ", ".join(sorted(k for k in schema if "." not in k))
+    hint = f"; did you mean {close[0]}?" if close else f"; sections: {sections}"
     return ValueError(f"unknown config key {dotted}{hint}")
 
 
@@ -214,7 +215,9 @@ def check_value(method: str, dotted: str, value: Any, source: str = "") -> None:
     where = f"{source}: " if source else ""
     if dict in rule.types and not isinstance(value, dict):
         example = next((k for k in schema if k.startswith(dotted + ".")), dotted + ".KEY")
-        raise ValueError(f"{where}{dotted} is a section of config.yaml, not a value; set one of its keys, e.g. {example}=...")
+        raise ValueError(
+            f"{where}{dotted} is a section of config.yaml, not a value; set one of its keys, e.g. {example}=..."
+        )
     if not rule.admits(value):
         raise ValueError(f"{where}{dotted} expects {rule.expected()}, got {value!r}")
 

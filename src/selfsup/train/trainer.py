@@ -165,7 +165,8 @@ class Trainer:
             for i in range(done, self.steps_per_epoch)
         ]
         train = self.cfg["train"]
-        every_steps, monitor_from = train["checkpoint_every_steps"], self.steps_per_epoch - self.cfg["eval"]["monitor_batches"]
+        every_steps = train["checkpoint_every_steps"]
+        monitor_from = self.steps_per_epoch - self.cfg["eval"]["monitor_batches"]
         bar = tqdm(
             zip(shards, iterate_batches(self.pretrain_data, shards, self.device)), total=self.steps_per_epoch,
             initial=done, desc=f"epoch {self.epoch + 1}/{train['epochs']}",
