@@ -178,6 +178,28 @@ def test_deep_infomax_feature_map_is_its_locations():
         )
 
 
+def test_adco_with_the_batch_keys_as_negatives_is_the_authors_loss():
+    """maple-research-lab/AdCo training/train.py: logits [q k^T, q N^T] / t, the target the own key; the negatives'
+    (ascent) gradient is that of the same loss at t_neg, the batch keys take none."""
+    q, k, negatives = randn(4, 3, seed=1), randn(4, 3, seed=2), randn(6, 3, seed=3)
+    q, negatives = q.requires_grad_(True), negatives.requires_grad_(True)
+    loss = adco(q, k, negatives, t_pos=0.2, t_neg=0.05, batch_keys=True)
+    grad_q, grad_negatives = torch.autograd.grad(loss, [q, negatives])
+
+    def literal(t):
+        unit = lambda x: x / x.norm(dim=1, keepdim=True)  # noqa: E731
+        uq, uk, un = unit(q), unit(k), unit(negatives)
+        total = 0.0
+        for i in range(len(q)):
+            logits = torch.cat([uq[i] @ uk.T, uq[i] @ un.T]) / t
+            total = total - (logits[i] - torch.logsumexp(logits, 0))
+        return total / len(q)
+
+    torch.testing.assert_close(loss, literal(0.2))
+    torch.testing.assert_close(grad_q, torch.autograd.grad(literal(0.2), q)[0])
+    torch.testing.assert_close(grad_negatives, -torch.autograd.grad(literal(0.05), negatives)[0])
+
+
 def test_adco_encoder_descends_and_negatives_ascend():
     """Value and encoder gradient are those of L(t_pos); the negatives get -grad L(t_neg)."""
     q, k, negatives = randn(4, 3, seed=1), randn(4, 3, seed=2), randn(6, 3, seed=3)

@@ -13,7 +13,7 @@ from selfsup import methods
 from selfsup.data import ArrayDataset, load_dataset
 from selfsup.train.config import build_config, scale_of
 from selfsup.train.recipe import explicit_keys, fit_recipe
-from selfsup.train.setup import make_config
+from selfsup.train.setup import make_config, validate
 from selfsup.train.trainer import fit
 from tests.helpers import QUIET, digits
 
@@ -60,6 +60,14 @@ def test_what_the_user_set_is_never_touched():
     assert not {"optim.warmup_epochs", "eval.knn_k", "head.queue_size", "backbone.name"} & set(cfg["recipe"]["changes"])
     verbatim = make_config("moco", "digits", digits().pretrain, assignments=["recipe.fit=false", "views.preset=grayscale"])
     assert verbatim["recipe"] == {"fit": False} and verbatim["head"]["queue_size"] == 4096
+
+
+def test_the_batch_halves_to_four_steps_an_epoch_but_not_below_two():
+    assert make_config("simclr", "tiny", images(1000, 8))["train"]["batch_size"] == 128
+    assert make_config("supcon", "tiny", images(6, 8), assignments=["train.batch_size=6144"])["train"]["batch_size"] == 6144
+    assert make_config("supcon", "tiny", images(6, 8))["train"]["batch_size"] == 2  # 1024 -> ... -> 2
+    with pytest.raises(ValueError, match="batch norm needs at least 2"):
+        validate(make_config("simclr", "tiny", images(6, 8), assignments=["train.batch_size=1"]), images(6, 8), 1)
 
 
 def test_explicit_keys_come_from_overrides_and_assignments():

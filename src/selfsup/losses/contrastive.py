@@ -263,7 +263,10 @@ def deep_infomax(local: Tensor, global_: Tensor, estimator: str = "jsd", gather:
     return (torch.logaddexp(positive, negative_lse) - positive).mean()
 
 
-def adco(query: Tensor, key: Tensor, negatives: Tensor, t_pos: float = 0.12, t_neg: float = 0.02) -> Tensor:
+def adco(
+    query: Tensor, key: Tensor, negatives: Tensor, t_pos: float = 0.12, t_neg: float = 0.02,
+    batch_keys: bool = False, gather: bool = False,
+) -> Tensor:
     """AdCo (Hu et al. 2021, eq. 2-4): negatives are trainable adversaries of the encoder.
 
         L(theta, N; t) = -1/B sum_i log exp(q_i.k_i / t) / (exp(q_i.k_i / t) + sum_n exp(q_i.n / t))
@@ -271,14 +274,27 @@ def adco(query: Tensor, key: Tensor, negatives: Tensor, t_pos: float = 0.12, t_n
         negatives: N     <- N     + lr grad_N     L(theta, N; t_neg)     (ascent)
 
     ``query``, ``key``: [B, D]; ``negatives``: [K, D] (the adversaries, an ``nn.Parameter``).
-    Everything is L2-normalised here. Returns a scalar whose value is L(t_pos) and whose backward
-    gives the encoder grad L(t_pos) and the negatives -grad_N L(t_neg): the caller descends it with
-    ordinary optimisers for both (e.g. SGD on the negatives with AdCo's larger learning rate) and
-    thereby ascends on the negatives. No manual gradient negation is needed.
+    ``batch_keys``: the other keys of the (with ``gather``, global) batch are negatives too, as in
+    the authors' code (maple-research-lab/AdCo training/train.py: logits [q k^T, q N^T], target the
+    own key). Everything is L2-normalised here. Returns a scalar whose value is L(t_pos) and whose
+    backward gives the encoder grad L(t_pos) and the negatives -grad_N L(t_neg): the caller descends
+    it with ordinary optimisers for both (e.g. SGD on the negatives with AdCo's larger learning rate)
+    and thereby ascends on the negatives. No manual gradient negation is needed.
     """
     q, k, n = _unit(query), _unit(key), _unit(negatives)
-    encoder_loss = info_nce(q, k, n.detach(), temperature=t_pos, normalize=False)
-    adversary_loss = info_nce(q.detach(), k.detach(), n, temperature=t_neg, normalize=False)
+    if batch_keys:
+        keys, offset = _candidates(k.detach(), gather)
+        target = torch.arange(len(q), device=q.device) + offset
+
+        def loss(queries: Tensor, adversaries: Tensor, temperature: float) -> Tensor:
+            logits = torch.cat([queries @ keys.T, queries @ adversaries.T], dim=1) / temperature
+            return F.cross_entropy(logits, target)
+    else:
+        def loss(queries: Tensor, adversaries: Tensor, temperature: float) -> Tensor:
+            return info_nce(queries, k, adversaries, temperature=temperature, normalize=False)
+
+    encoder_loss = loss(q, n.detach(), t_pos)
+    adversary_loss = loss(q.detach(), n, t_neg)
     return encoder_loss - (adversary_loss - adversary_loss.detach())
 
 

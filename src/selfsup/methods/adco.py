@@ -9,8 +9,9 @@
 -dL(t_neg)/dN, so one ordinary optimizer step descends for the encoder and ascends for the
 negatives, which have their own (constant) learning rate and no LARS. As in the authors'
 code (``ad_init``), the negatives start as the first keys the encoder produces; until they
-are all filled they are not trained. (The authors' code also counts the other keys of the
-batch as negatives; the paper's objective, used here, has only N.)
+are all filled they are not trained. The authors' code also counts the other keys of the
+(global) batch as negatives, and so does ``loss.batch_keys: true`` (the presets); false keeps
+the paper's objective, whose only negatives are N.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class AdCo(Method):
         h = self.encoder(views[0])
         q = F.normalize(self.projector(h), dim=1)
         k = self.keys(views[1])
-        loss = adco(q, k, self.negatives, **self.cfg["loss"])
+        loss = adco(q, k, self.negatives, gather=True, **self.cfg["loss"])
         self._keys = k
         return StepOutput(loss=loss, features=h, embeddings=(q, k))
 

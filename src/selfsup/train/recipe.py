@@ -25,6 +25,7 @@ from selfsup.train.schedule import warmup_cosine
 
 SMALL_IMAGE_SIDE = 28  # images this small get the small convnet unless a backbone is named
 MIN_STEPS_PER_EPOCH = 4  # the batch shrinks (by powers of two) until an epoch has this many steps
+MIN_BATCH = 2  # but not below what batch norm can train on
 WARMUP_FRACTION = 0.1  # warm-up at most this fraction of the run
 EMA_RUN_FRACTION = 0.125  # an EMA's time constant 1 / (1 - m) at most this fraction of the run's steps
 MEMORY_FRACTION = 0.25  # queues, negatives and noise samples at most this fraction of the dataset
@@ -133,8 +134,8 @@ def batch_size(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]
     """Halve the preset's batch until an epoch has ``MIN_STEPS_PER_EPOCH`` steps (lr scales with it)."""
     batch = cfg["train"]["batch_size"]
     fitted = batch
-    while fitted > 1 and size.samples // fitted < MIN_STEPS_PER_EPOCH:
-        fitted //= 2
+    while fitted > MIN_BATCH and size.samples // fitted < MIN_STEPS_PER_EPOCH:
+        fitted = max(MIN_BATCH, fitted // 2)
     why = f"{size.samples} images give fewer than {MIN_STEPS_PER_EPOCH} steps per epoch at batch {batch}"
     return {"train.batch_size": (fitted, why)} if fitted != batch else {}
 

@@ -83,6 +83,11 @@ def validate(cfg: dict[str, Any], data: ArrayDataset, world: int) -> None:
         )
     if batch % world:
         raise ValueError(f"batch size {batch} is not divisible by the {world} processes: pick a multiple of {world}")
+    if batch // world < 2:
+        raise ValueError(
+            f"batch size {batch} leaves {batch // world} sample per process, and batch norm needs at least 2: "
+            f"use --batch-size {2 * world} or more (the dataset has {len(data)} samples)"
+        )
     if methods.get(cfg["method"]).needs_labels and bool((data.labels < 0).all()):
         raise ValueError(f"method '{cfg['method']}' needs labels but '{cfg['data']['spec']}' has none")
 
