@@ -6,7 +6,8 @@
 
 Paper / authors' code: projector g = 2-layer MLP with BN on every layer (the output too), 128-d;
 LARS, lr 4.8 at batch 4096 (= 0.075 sqrt(B), App. B.1), weight decay 1e-6, 10 warm-up epochs of
-100, cosine; temperature 0.5 on CIFAR-10 (App. B.9).
+100, cosine. The authors' CIFAR-10 command (google-research/simclr README) uses temperature 0.5,
+jitter strength 0.5 and no blur, as here, with LARS lr 1.0 x B/256 and weight decay 1e-4.
 Short run (see ``common.Recipe``): batch 128, the paper's LARS lr 4.8 kept; warm-up 10 % of the
 run; hidden width max(512, 2048 x D / 2048) for a D-dimensional representation.
 """
