@@ -1,11 +1,11 @@
 """AdCo (Hu, Wang, Hu & Qi, CVPR 2021): negatives as parameters, trained to be hard (Eq. 3-6).
 
     q = normalise(f_q(x)), k = sg(normalise(f_k(x'))) (MoCo v2's encoders, shuffle BN, momentum m)
-    negatives n_1..n_K = columns of W, normalised; logits [q.k, q.n_1 .. q.n_K]
-    encoder:    min  L(tau)     = CE(logits / tau, 0)
-    negatives:  max  L(tau_mem) = CE(logits / tau_mem, 0), by SGD ascent on W
+    negatives n_1..n_K = columns of W, normalised; logits of q_i: [q_i.k_1 .. q_i.k_B, q_i.n_1 .. q_i.n_K]
+    encoder:    min  L(tau)     = CE(logits / tau, i)      (the batch's other keys are negatives too)
+    negatives:  max  L(tau_mem) = CE(logits / tau_mem, i), by SGD ascent on W
 
-Authors' code: 128-d head Linear-ReLU-Linear, tau 0.12, tau_mem 0.02, K 65536 negatives
+Authors' code (training/train.py): 128-d head Linear-ReLU-Linear, tau 0.12, tau_mem 0.02, K 65536 negatives
 initialised from encoded images, memory lr 3 with momentum 0.9 and weight decay 1e-4; encoder SGD
 lr 0.03 x B/256, weight decay 1e-4, cosine; m 0.999; asymmetric loss (``--sym 0``).
 Short run: batch 128; K as MoCo's queue (a quarter of the data at most), m 0.99 as in ``moco.py``.
@@ -18,10 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import Recipe, Reference, Run, copy_frozen, ema_update, grouped_forward, shuffled_bn_forward
-from .moco import MOMENTUM, info_nce, queue_size
+from .moco import MOMENTUM, queue_size
 
 RECIPE = Recipe("sgd", lr=0.03, weight_decay=1e-4, batch_size=128)
 TAU, TAU_MEMORY = 0.12, 0.02
+
+
+def adversarial_contrast(q, k, negatives, temperature: float):
+    """CE over [the batch's keys, the negatives], the positive of query i being key i."""
+    logits = torch.cat([q @ k.T, q @ negatives.T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.arange(len(q)))
 
 
 class AdCo(Reference):
@@ -48,11 +54,11 @@ class AdCo(Reference):
         with torch.no_grad():
             k = F.normalize(shuffled_bn_forward(self.f_k, views[1]), dim=1)
         self.pair = (q.detach(), k)
-        return info_nce(q, k, F.normalize(self.negatives.detach(), dim=1), TAU)
+        return adversarial_contrast(q, k, F.normalize(self.negatives.detach(), dim=1), TAU)
 
     def after_step(self, progress):
         q, k = self.pair
         self.memory_optimizer.zero_grad()
-        info_nce(q, k, F.normalize(self.negatives, dim=1), TAU_MEMORY).backward()
+        adversarial_contrast(q, k, F.normalize(self.negatives, dim=1), TAU_MEMORY).backward()
         self.memory_optimizer.step()
         ema_update(self.f_k, self.f_q, MOMENTUM)
