@@ -62,9 +62,3 @@ def learns_on_digits(method: str, tmp_path, assignments: list[str] | None = None
 
 
 QUIET = ["train.device=cpu", "train.progress=false", "eval.every=0", "eval.linear_epochs=1", "eval.plots=false"]
-
-
-def train_on_digits(method: str, out_dir, assignments: list[str]) -> dict:
-    """The summary of ``method`` trained on digits with the library's defaults (fitted by the recipe) and
-    ``assignments``; no plots, no progress bar, a token linear probe (only kNN is read)."""
-    return fit(method, "digits", out_dir=out_dir, assignments=QUIET + list(assignments), datasets=digits())

@@ -523,40 +523,7 @@ def test_converting_to_split_batchnorm_shares_parameters_and_buffers():
     assert all(after[key] is before[key] for key in before)
 
 
-# Digits has about 1,260 training images, so memories sized for CIFAR/ImageNet would hold each
-# image's own key (queue, AdCo negatives) or drown the data in noise (InstDisc: k P_n = 4096/1260 > 1).
-# They are scaled down here; InstDisc keeps k P_n near its CIFAR value (4096 / 50000 = 0.08).
-DIGITS_SETTINGS = {
-    "moco": ["head.queue_size=512"],
-    "mocov1": ["head.queue_size=512"],
-    "adco": ["head.num_negatives=512"],
-    "instdisc": ["head.noise_samples=100"],
-    "supcon": [],
-}
-DIGITS_EPOCHS = ["train.epochs=4"]  # enough for every method to clear the margins below, in seconds
-
-
-@pytest.fixture
-def no_plots(monkeypatch):
-    """The run folder's PNGs (a t-SNE map among them) cost more than the training here and say nothing about it."""
-    from selfsup.train import report
-
-    monkeypatch.setattr(report, "plot_curves", lambda *args, **kwargs: None)
-    monkeypatch.setattr(report, "plot_embedding_map", lambda *args, **kwargs: None)
-
-
-@pytest.mark.parametrize("name", CONTRASTIVE)
-def test_learns_on_digits_with_healthy_collapse_monitors(name, tmp_path, no_plots):
-    result = learns_on_digits(name, tmp_path, DIGITS_EPOCHS + DIGITS_SETTINGS[name])
-    assert result.knn_trained > result.knn_random_init + 0.15, (result.knn_trained, result.knn_random_init)
-    monitors = result.last_epoch
-    assert monitors["effective_rank"] > 5, monitors
-    # SupCon maps each of the 10 classes to one point by design; 10 points on the sphere give a
-    # low per-dimension spread, so its floor is lower than that of the instance-level methods.
-    assert monitors["z_std_ratio"] > {"supcon": 0.05}.get(name, 0.15), monitors
-
-
-def test_instdisc_with_the_preset_noise_count_keeps_its_bank_and_learns_over_two_epochs(tmp_path, no_plots):
+def test_instdisc_with_the_preset_noise_count_keeps_its_bank_and_learns_over_two_epochs(tmp_path):
     """Regression: with Z frozen at its value against the random initial bank (the authors' first_batch), a bank
     refilled with real embeddings made every noise posterior saturate: NCE rose 4.5x from epoch 1 to 2 (17.7 to
     80.9) and the embeddings collapsed to a narrow cone. Preset k = 4096, lr and (no) proximal term, digits."""

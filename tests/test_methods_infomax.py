@@ -15,7 +15,6 @@ from selfsup.nn.resnet import resnet18
 from selfsup.nn.vit import vit_tiny
 from selfsup.train.config import build_config
 
-from .helpers import learns_on_digits
 
 TINY_HEADS = {
     "barlow_twins": ["head.proj_hidden_dim=32", "head.proj_out_dim=32"],
@@ -171,23 +170,3 @@ def test_mocov3_heads_follow_the_authors_builder():
     assert layout(vit.predictor) == hidden + ["Linear", "BN"]
     forced = build("mocov3", resnet18(width=4), ["head.pred_last_bn=true"])
     assert layout(forced.predictor) == hidden + ["Linear", "BN"]
-
-
-# ---- learning on digits: beats the random-init encoder's kNN with healthy collapse monitors --------------------------
-
-DIGITS = {
-    "barlow_twins": ["head.proj_hidden_dim=128", "head.proj_out_dim=128"],
-    "vicreg": ["head.proj_hidden_dim=128", "head.proj_out_dim=128"],
-    "wmse": ["head.proj_out_dim=16", "loss.w_size=64", "views.gray_p=0"],  # one channel: the preset's grayscale 0.1 off
-    "mocov3": ["head.proj_hidden_dim=128", "head.pred_hidden_dim=128", "head.proj_out_dim=64"],
-}
-
-
-SHORT = ["train.epochs=3", "eval.linear_epochs=1"]  # 3 epochs suffice (kNN 0.5-0.8 vs 0.18); the probe is unused
-
-
-@pytest.mark.parametrize("name", list(DIGITS))
-def test_learns_on_digits(name, tmp_path):
-    result = learns_on_digits(name, tmp_path, DIGITS[name] + SHORT)
-    assert result.knn_trained > result.knn_random_init + 0.15, result
-    assert result.last_epoch["z_std_ratio"] > 0.3 and result.last_epoch["effective_rank"] > 4, result.last_epoch
