@@ -41,6 +41,7 @@ from selfsup.data.views import ViewMaker
 from selfsup.nn.backbones import build_backbone
 from selfsup.train.evaluation import pixel_knn, score_encoder
 from selfsup.train.setup import make_config
+from selfsup.train.demo import demo
 from selfsup.train.setup import load_datasets
 from selfsup.train.trainer import fit
 from tests.helpers import QUIET, digits
@@ -223,3 +224,11 @@ def test_a_broken_method_scores_clearly_worse(method, mutation, tmp_path):
     with MUTATIONS[method][mutation]():
         broken, _ = train(method, tmp_path)
     assert broken <= real_run(method)[0] - MUTANT_GAP, (method, mutation, broken, real_run(method)[0])
+
+
+@pytest.mark.xdist_group("demo")
+def test_the_demo_beats_raw_pixels_and_reaches_98_percent(tmp_path):
+    """`selfsup demo`'s own settings (60 epochs, width 16, one thread, the recipe's k)."""
+    result = demo(tmp_path / "demo", progress=False)
+    assert result["knn_trained"] >= max(0.98, result["knn_raw_pixels"]), result
+    assert (tmp_path / "demo" / "curves.png").is_file() and (tmp_path / "demo" / "embedding_map.png").is_file()
