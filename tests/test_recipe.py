@@ -12,7 +12,7 @@ from PIL import Image
 from selfsup import methods
 from selfsup.data import ArrayDataset, load_dataset
 from selfsup.train.config import build_config, scale_of
-from selfsup.train.recipe import explicit_keys, fit_recipe
+from selfsup.train.recipe import describe, explicit_keys, fit_recipe
 from selfsup.train.setup import make_config, validate
 from selfsup.train.trainer import fit
 from tests.helpers import QUIET, digits
@@ -49,6 +49,8 @@ def test_a_short_run_on_digits_is_fitted_and_says_why():
     assert cfg["views"] == {"preset": "grayscale"}
     assert cfg["eval"]["knn_k"] == 19  # 15 % of 126 images per class
     assert all(isinstance(c["why"], str) and c["why"] for c in changes.values())
+    assert "backbone.name=convnet" in describe(cfg) and "eval.knn_k=19" in describe(cfg)
+    assert describe(build_config("byol", methods.preset("byol"), "cifar")) is None
 
 
 def test_what_the_user_set_is_never_touched():

@@ -331,8 +331,10 @@ def set_dotted_value(cfg: dict[str, Any], key: str, value: Any) -> None:
         node[leaf] = value
 
 
-def describe(cfg: dict[str, Any]) -> list[str]:
-    """One line per recipe change, for the console."""
-    return [f"{key} = {c['value']} (preset {c['preset']}): {c['why']}"
-            for key, c in cfg.get("recipe", {}).get("changes", {}).items()]
-
+def describe(cfg: dict[str, Any]) -> str | None:
+    """One line naming what the recipe changed (the reasons are in config.yaml), or None if nothing."""
+    changes = cfg.get("recipe", {}).get("changes", {})
+    if not changes:
+        return None
+    values = ", ".join(f"{key}={c['value']}" for key, c in changes.items() if c["value"] is not None)
+    return f"fitted to this run: {values} (why: the recipe section of config.yaml; --set KEY=... overrides)"

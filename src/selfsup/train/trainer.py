@@ -17,7 +17,7 @@ from selfsup import distributed
 from selfsup.data import iterate_batches
 from selfsup.data.views import build_views
 from selfsup.nn.sync_bn import convert_to_global_batchnorm
-from selfsup.train import report, run_folder
+from selfsup.train import recipe, report, run_folder
 from selfsup.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from selfsup.train.divergence import DivergenceGuard
 from selfsup.train.epoch_record import EpochRecord
@@ -60,6 +60,8 @@ def fit(
     with run_folder.RunFolder.claim(out, resume=resume, overwrite=overwrite) as folder:
         if out_dir is None:
             print(f"selfsup: run folder {out}", file=sys.stderr)
+        if not resume and (fitted := recipe.describe(cfg)):
+            print(f"selfsup: {fitted}", file=sys.stderr)
         return trainer.run(folder, resume, stop_after_epoch, out, overwrite)
 
 
