@@ -373,12 +373,17 @@ def _two_rank_worker(rank: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def test_shuffled_batch_norm_and_memories_across_two_gloo_processes(tmp_path):
+def run_two_ranks(worker, folder) -> None:
+    """``worker(rank, port, folder)`` in two forked gloo processes (forking keeps the imported modules;
+    spawning re-imports torch, seconds per process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # fork: the children inherit the imported modules (spawning re-imports torch, seconds per process)
-    mp.start_processes(_two_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(worker, args=(port, str(folder)), nprocs=2, join=True, start_method="fork")
+
+
+def test_shuffled_batch_norm_and_memories_across_two_gloo_processes(tmp_path):
+    run_two_ranks(_two_rank_worker, tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     everyone = torch.cat([r0["x"], r1["x"]])
     assert torch.equal(r0["permutation"], r1["permutation"])  # one permutation, broadcast from rank 0
@@ -500,10 +505,7 @@ def _split_bn_rank_worker(rank: int, port: int, folder: str) -> None:
 
 
 def test_split_batch_norm_in_one_process_equals_shuffled_batch_norm_on_two_ranks(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(_split_bn_rank_worker, args=(port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    run_two_ranks(_split_bn_rank_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     method = tiny("moco", bn_splits=2)
     views, _ = pool()
