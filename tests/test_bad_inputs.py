@@ -160,6 +160,28 @@ CASES: dict[str, Case] = {
         lambda c, r: ["embed", "--run", str(copy_run(r, c)), "--data", f"folder:{folder_of_rgb_images(c / 'data')}",
                       "--out", str(c / "f.npy")],
         "holds 3-channel images but the run's encoder was trained on 1-channel images"),
+    # issue 13: evaluation protocols, library backbones, rerun from config.yaml, compare, export
+    "unknown protocol": Case(lambda c, r: ["eval", "--run", str(copy_run(r, c)), "--protocol", "finetuning"],
+                             "unknown protocol 'finetuning'; choose one of: knn, linear, finetune, all"),
+    "label fraction above 100 %": Case(
+        lambda c, r: ["eval", "--run", str(copy_run(r, c)), "--protocol", "finetune", "--labels", "150%"],
+        "--labels 150%: a fraction of the labels is above 0 % and at most 100 %"),
+    "too few labels per class": Case(
+        lambda c, r: ["eval", "--run", str(copy_run(r, c)), "--protocol", "finetune", "--labels", "0.5%"],
+        "--labels 0.5% is 6 of 1257 labelled images, fewer than one per class"),
+    "unknown backbone": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--backbone", "resnet19"],
+                             "unknown backbone 'resnet19'; choose one of: resnet18"),
+    "unknown backbone library": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--backbone", "keras:resnet50"],
+                                     "a library's model is timm:NAME or torchvision:NAME"),
+    "config from a newer version": Case(
+        lambda c, r: ["train", "--config", str(_write(c / "data" / "config.yaml", (r / "config.yaml").read_bytes()
+                                                      .replace(b"config_version: 1\n", b"config_version: 99\n"))),
+                      "--out", str(c / "run")],
+        "this config.yaml is from a newer selfsup (config_version 99; this one reads up to 1)"),
+    "compare what is no run": Case(lambda c, r: (c / "data").mkdir() or ["compare", str(copy_run(r, c)), str(c / "data")],
+                                   "is not a run folder (config.yaml missing)"),
+    "unknown export format": Case(lambda c, r: ["export", "--run", str(copy_run(r, c)), "--format", "tflite"],
+                                  "unknown export format 'tflite'; choose one of: onnx, torchscript"),
 }
 
 

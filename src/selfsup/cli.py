@@ -1,4 +1,4 @@
-"""Command line: selfsup train | eval | embed | bench | demo | methods (DESIGN.md)."""
+"""Command line: selfsup train | eval | embed | compare | export | bench | demo | methods (DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         overrides["train"]["compile"] = True
     summary = fit(
         args.method, args.data, out_dir=args.out, data_dir=args.data_dir, overrides=overrides,
-        assignments=args.set, resume=args.resume, overwrite=args.overwrite,
+        assignments=args.set, resume=args.resume, overwrite=args.overwrite, config=args.config,
     )
     print(json.dumps(summary))
 
@@ -40,7 +40,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from selfsup.train.evaluation import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run, args.protocol)))
+    print(json.dumps(evaluate_run(args.run, args.protocol, args.labels, args.data, args.data_dir)))
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from selfsup.train.compare import compare
+
+    print(compare(args.runs, args.plot))
+    print(f"selfsup: kNN and loss curves in {args.plot}", file=sys.stderr)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from selfsup.train.export import export
+
+    print(json.dumps(export(args.run, args.format, args.out)))
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
@@ -73,17 +86,26 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     demo(args.out or next_version(Path("runs") / "demo"), args.set)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr with exit code 2, as every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"selfsup: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised representation learning.")
+    parser = _Parser(prog="selfsup", description="Self-supervised representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("methods", help="list methods with family, paper and year").set_defaults(fn=_cmd_methods)
 
     train = sub.add_parser("train", help="pre-train an encoder and write a run folder")
+    train.add_argument("--config", metavar="RUN/config.yaml", help="rerun a run exactly from its config.yaml")
     train.add_argument("--method")
     train.add_argument("--data", help="digits | cifar10 | cifar100 | stl10 | folder:PATH | ucr:NAME | wav:DIR")
     train.add_argument("--data-dir", help="where named datasets are found or downloaded to (default ~/.cache/selfsup)")
-    train.add_argument("--backbone")
+    train.add_argument("--backbone", help="resnet18 | resnet50 | convnet | vit_tiny | vit_small | conv_gru | "
+                                           "timm:NAME | torchvision:NAME")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--out", help="run folder (default: a new runs/METHOD-DATA/version_N)")
@@ -94,10 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are deleted)")
     train.set_defaults(fn=_cmd_train)
 
-    ev = sub.add_parser("eval", help="kNN and/or linear probe of a run's encoder")
+    ev = sub.add_parser("eval", help="kNN, linear probe and/or fine-tuning of a run's encoder")
     ev.add_argument("--run", required=True)
-    ev.add_argument("--protocol", choices=["knn", "linear", "all"], default="all")
+    ev.add_argument("--protocol", default="all", help="knn | linear | finetune | all (default; fine-tuning with --labels)")
+    ev.add_argument("--labels", help="fine-tuning's labelled subset: 1%%, 10%% or a number of images (class-balanced)")
+    ev.add_argument("--data", help="another data SPEC to evaluate on (transfer)")
+    ev.add_argument("--data-dir")
     ev.set_defaults(fn=_cmd_eval)
+
+    cmp = sub.add_parser("compare", help="a markdown table and a figure of finished runs")
+    cmp.add_argument("runs", nargs="+", metavar="RUN")
+    cmp.add_argument("--plot", default="compare.png", help="the figure of kNN and loss curves (default compare.png)")
+    cmp.set_defaults(fn=_cmd_compare)
+
+    exp = sub.add_parser("export", help="the encoder as ONNX or TorchScript, checked against PyTorch")
+    exp.add_argument("--run", required=True)
+    exp.add_argument("--format", required=True, help="onnx | torchscript")
+    exp.add_argument("--out", help="file (default RUN/encoder.onnx or RUN/encoder.torchscript.pt)")
+    exp.set_defaults(fn=_cmd_export)
 
     embed = sub.add_parser("embed", help="write a run encoder's features of a dataset to .npy")
     embed.add_argument("--run", required=True)

@@ -58,3 +58,25 @@ def plot_embedding_map(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_runs(histories: dict[str, list[dict[str, Any]]], path: str | Path) -> None:
+    """kNN top-1 (left) and loss (right) per epoch of several runs, one colour per run (``selfsup compare``)."""
+    plt = _pyplot()
+    fig, (knn, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, history in histories.items():
+        evaluated = [r for r in history if r.get("knn_top1") is not None]
+        line = loss.plot([r["epoch"] for r in history], [r["loss"] for r in history], label=label)[0]
+        if evaluated:
+            knn.plot([r["epoch"] for r in evaluated], [100 * r["knn_top1"] for r in evaluated], "o-",
+                     color=line.get_color(), label=label)
+    knn.set_xlabel("epoch")
+    knn.set_ylabel("kNN top-1 (%)")
+    knn.set_title("kNN top-1 where evaluated")
+    loss.set_xlabel("epoch")
+    loss.set_ylabel("loss")
+    loss.set_title("training loss")
+    loss.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

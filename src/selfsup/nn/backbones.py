@@ -1,4 +1,5 @@
-"""Backbone registry: names in ``config.yaml`` -> modules with an ``out_dim``.
+"""Backbone registry: names in ``config.yaml`` -> modules with an ``out_dim``; ``timm:NAME`` and
+``torchvision:NAME`` for a library's models.
 
 Any ``nn.Module`` mapping inputs to [B, D] may be used instead (``train.Trainer(encoder=...)``);
 its output size is then found by one forward pass.
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfsup.nn.external import build_external, is_external
+
 # name -> "module:function"; each function takes (in_channels=..., **backbone config) and returns a module with out_dim.
 BACKBONES: dict[str, str] = {
     "resnet18": "selfsup.nn.resnet:resnet18",
@@ -25,13 +28,22 @@ BACKBONES: dict[str, str] = {
 
 
 def build_backbone(cfg: dict[str, Any], in_channels: int, input_size: int) -> nn.Module:
-    """Build the backbone named ``cfg['name']``; the remaining keys are its keyword arguments."""
+    """Build the backbone named ``cfg['name']``; the remaining keys are its keyword arguments.
+
+    ``timm:NAME`` and ``torchvision:NAME`` are a library's model without its classifier (``nn/external.py``).
+    """
     name = cfg.get("name")
+    if is_external(name):
+        return build_external(name, cfg, in_channels, input_size)
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}")
+        raise ValueError(f"unknown backbone '{name}'; choose one of: {', '.join(BACKBONES)}, timm:NAME or "
+                         "torchvision:NAME")
+    if cfg.get("pretrained"):
+        raise ValueError(f"backbone.pretrained: selfsup's own {name} has no pretrained weights; use a library's "
+                         "model (timm:NAME or torchvision:NAME) for those")
     module_name, fn_name = BACKBONES[name].split(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
-    kwargs = {k: v for k, v in cfg.items() if k != "name" and v is not None}
+    kwargs = {k: v for k, v in cfg.items() if k not in ("name", "pretrained") and v is not None}
     if "input_size" in inspect.signature(fn).parameters:
         kwargs["input_size"] = input_size
     return fn(in_channels=in_channels, **kwargs)

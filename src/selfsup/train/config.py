@@ -14,7 +14,10 @@ from typing import Any
 
 import yaml
 
+CONFIG_VERSION = 1  # the format of config.yaml; a file with a higher number is from a newer selfsup
+
 DEFAULTS: dict[str, Any] = {
+    "config_version": CONFIG_VERSION,
     "method": None,
     "data": {
         "spec": None,
@@ -53,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "sync_batchnorm": True,  # under DDP: batch statistics over the global batch (MoCo uses shuffled BN instead)
         "find_unused_parameters": False,
         "progress": True,
+        "tensorboard": "auto",  # event files in RUN/tensorboard: auto (when tensorboard is installed), true, false
     },
     "recipe": {"fit": True},  # rescale run-relative preset values to short runs and small data (train/recipe.py)
     "eval": {"every": 10, "linear_every": 0, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4, "plots": True},

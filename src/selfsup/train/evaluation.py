@@ -1,4 +1,5 @@
-"""Scoring encoders (kNN, linear probe) during and after training: ``selfsup eval`` and ``selfsup embed``."""
+"""Scoring encoders (kNN, linear probe, fine-tuning) during and after training, on the run's data or another
+(transfer): ``selfsup eval`` and ``selfsup embed``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfsup.data import ArrayDataset, load_dataset
@@ -18,8 +20,10 @@ from selfsup.nn.backbones import build_backbone
 from selfsup.train.features import extract_features, normalize_batch
 from selfsup.train.report import load_encoder, write_json
 from selfsup.train.run_folder import read_config
+from selfsup.train.config import DEFAULTS
+from selfsup.train.recipe import KNN_CLASS_FRACTION
 from selfsup.train.schema import check_config
-from selfsup.train.setup import load_datasets, resolve_device, seed_everything
+from selfsup.train.setup import Datasets, load_datasets, resolve_device, seed_everything
 
 
 def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
@@ -37,19 +41,98 @@ def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
     return cfg, load_encoder(encoder, weights), probe
 
 
-def evaluate_run(run: str | Path, protocol: str = "all") -> dict[str, float]:
-    """kNN and/or linear-probe top-1 of the run's encoder on its data; merged into ``summary.json``."""
-    cfg, encoder, _ = load_run(run)
+PROTOCOLS = ("knn", "linear", "finetune", "all")
+
+
+def evaluate_run(
+    run: str | Path,
+    protocol: str = "all",
+    labels: str | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score the run's encoder; the scores are merged into ``summary.json``.
+
+    protocol: ``knn``, ``linear``, ``finetune`` (the whole encoder and a linear head on a class-balanced
+    ``labels`` subset: '1%', '10%' or a number of images; ``train/finetuning.py``) or ``all`` (kNN, linear,
+    and fine-tuning when ``labels`` is given). data: another data SPEC to transfer to (its train split fits,
+    its test split scores; images are resized to the run's side), recorded under ``transfer`` in the summary.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+    if protocol == "finetune" and labels is None:
+        raise ValueError("--protocol finetune needs --labels: a percentage of the training labels (1%, 10%) or a "
+                         "number of labelled images")
+    if labels is not None and protocol not in ("finetune", "all"):
+        raise ValueError(f"--labels sets the labelled subset of --protocol finetune (or all), not of {protocol}")
+    if labels is not None:
+        from selfsup.train.finetuning import parse_labels
+
+        parse_labels(labels)  # one line before anything is loaded
+    cfg, encoder, trained_on = load_run(run)
     device = resolve_device(cfg["train"]["device"])
     encoder.to(device)
-    datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
-    results, _, _ = score_encoder(
-        encoder, datasets, cfg, device, knn=protocol in ("knn", "all"), linear=protocol in ("linear", "all")
-    )
-    summary_path = Path(run) / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    write_json(summary_path, {**summary, **results})
+    if data is None or data == cfg["data"]["spec"]:
+        datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
+        train, test = datasets.train, datasets.test
+        k = cfg["eval"]["knn_k"]
+    else:
+        options = {"image_size": trained_on.input_size, "on_error": cfg["data"].get("on_error", "stop")}
+        train, test = (_matching(load_dataset(data, data_dir, split, **options), trained_on, data, cfg)
+                       for split in ("train", "test"))
+        k = transfer_k(train)
+    results: dict[str, Any] = {"data": data or cfg["data"]["spec"]}
+    if protocol != "finetune":
+        scores, _, _ = score_encoder(
+            encoder, Datasets(train, train, test), {"eval": {**cfg["eval"], "knn_k": k}}, device,
+            knn=protocol in ("knn", "all"), linear=protocol in ("linear", "all"),
+        )
+        results.update(scores)
+    if labels is not None:
+        from selfsup.train.finetuning import finetune
+
+        outcome = finetune(Path(run), cfg, encoder, train, test, labels, device, seed)
+        results["finetune_top1"] = {labels: outcome["top1"]}
+        results["finetune_subset"] = outcome["subset"]
+    _merge_summary(Path(run), results, transfer=results["data"] != cfg["data"]["spec"])
     return results
+
+
+def transfer_k(train: ArrayDataset) -> int:
+    """kNN's k on another dataset: InstDisc's 200, at most 15 % of a class (the recipe's rule, train/recipe.py)."""
+    per_class = int((train.labels >= 0).sum()) / max(train.num_classes, 1)
+    return max(1, min(DEFAULTS["eval"]["knn_k"], round(KNN_CLASS_FRACTION * per_class)))
+
+
+def _matching(dataset: ArrayDataset, trained_on: ArrayDataset, spec: str, cfg: dict[str, Any]) -> ArrayDataset:
+    """``dataset`` in the form the run's encoder takes: same kind and channels (one line if not), same side."""
+    if (dataset.kind, dataset.channels) != (trained_on.kind, trained_on.channels):
+        raise ValueError(
+            f"'{spec}' holds {dataset.channels}-channel {dataset.kind}s but the run's encoder was trained on "
+            f"{trained_on.channels}-channel {trained_on.kind}s ('{cfg['data']['spec']}'): transfer to data of that kind"
+        )
+    side = trained_on.input_size
+    if dataset.kind == "image" and dataset.input_size != side and isinstance(dataset.data, torch.Tensor):
+        print(f"selfsup: '{spec}' images resized from {dataset.input_size} to the run's {side} px", file=sys.stderr)
+        resized = F.interpolate(dataset.data.float(), size=(side, side), mode="bilinear", antialias=True)
+        dataset.data = resized.round().clamp(0, 255).to(torch.uint8)
+    return dataset
+
+
+def _merge_summary(run: Path, results: dict[str, Any], transfer: bool) -> None:
+    """Merge scores into ``summary.json``: fine-tuning results by label setting, other data under ``transfer``."""
+    path = run / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    target = summary.setdefault("transfer", {}).setdefault(results["data"], {}) if transfer else summary
+    for key, value in results.items():
+        if key in ("data", "finetune_subset"):
+            continue
+        if isinstance(value, dict):
+            target[key] = {**target.get(key, {}), **value}
+        else:
+            target[key] = value
+    write_json(path, summary)
 
 
 def embed(run: str | Path, data: str, out: str | Path, split: str = "test", data_dir: str | None = None) -> tuple:

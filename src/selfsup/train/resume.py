@@ -15,7 +15,7 @@ from selfsup.train.schema import check_assignments, check_config, check_override
 RESUMABLE = {
     "train.epochs", "train.device", "train.progress", "train.compile", "train.checkpoint_every",
     "train.checkpoint_every_steps", "train.on_nan", "data.dir", "data.workers", "eval.every", "eval.linear_every",
-    "eval.plots",
+    "eval.plots", "train.tensorboard",
 }
 
 

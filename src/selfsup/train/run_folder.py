@@ -11,6 +11,8 @@
 - On resume, ``metrics.jsonl`` is rewritten from the checkpoint's history (rows logged after the
   last checkpoint belong to steps the resumed run trains again) and temporary files of
   interrupted atomic writes are removed.
+- TensorBoard event files go to ``tensorboard/`` (``train/tensorboard.py``); a resumed run hides the
+  events logged after its checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from selfsup.train import tensorboard
 from selfsup.train.checkpoint import atomic_write, is_temporary
 from selfsup.train.config import dump, load_yaml
 
@@ -106,10 +111,14 @@ def _check_writable(path: Path) -> None:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """The run's ``config.yaml`` (one line if it is missing or malformed)."""
-    file = path / CONFIG
+    """The run's ``config.yaml`` (one line if it is missing or malformed); ``path``: the run folder or the file."""
+    file = Path(path)
+    if not file.exists():
+        raise ValueError(f"{file} does not exist: pass a run folder or its {CONFIG}")
     if not file.is_file():
-        raise ValueError(f"{path} is not a run folder ({CONFIG} missing)")
+        file = file / CONFIG
+    if not file.is_file():
+        raise ValueError(f"{file.parent} is not a run folder ({CONFIG} missing)")
     try:
         cfg = load_yaml(file.read_text())
     except ValueError as error:
@@ -146,6 +155,7 @@ class RunFolder:
 
     def __init__(self, path: Path, handle):
         self.path, self._handle = path, handle
+        self.tensorboard: tensorboard.TensorBoardLog | None = None
 
     @classmethod
     def claim(cls, path: Path, resume: bool = False, overwrite: bool = False) -> "RunFolder":
@@ -179,24 +189,46 @@ class RunFolder:
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         atomic_write(self.path / CONFIG, lambda f: f.write(dump(cfg).encode()))
         atomic_write(self.path / METRICS, lambda f: None)
+        if tensorboard.wanted(cfg["train"].get("tensorboard", "auto")):
+            self.tensorboard = tensorboard.TensorBoardLog(self.path)
 
-    def resume(self, cfg: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        """A resumed run: temporary leftovers removed, config rewritten, metrics cut back to ``history``."""
+    def resume(self, cfg: dict[str, Any], history: list[dict[str, Any]], step: int = 0) -> None:
+        """A resumed run: temporary leftovers removed, config rewritten, metrics cut back to ``history`` (and
+        TensorBoard's events to the checkpoint's ``step``)."""
         for leftover in [p for p in self.path.rglob(".*") if p.is_file() and is_temporary(p)]:
             leftover.unlink()
         atomic_write(self.path / CONFIG, lambda f: f.write(dump(cfg).encode()))
         rows = "".join(json.dumps(record) + "\n" for record in history)
         atomic_write(self.path / METRICS, lambda f: f.write(rows.encode()))
+        if tensorboard.wanted(cfg["train"].get("tensorboard", "auto")):
+            self.tensorboard = tensorboard.TensorBoardLog(self.path, purge_step=step)
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one row to ``metrics.jsonl``."""
+        """Append one row to ``metrics.jsonl`` (and write the epoch to TensorBoard)."""
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record)
+
+    def log_step(self, step: int, metrics: dict[str, Any], lr: float, images: int) -> None:
+        """One training step's metrics (device tensors) for TensorBoard; nothing is read until the epoch ends."""
+        if self.tensorboard is not None:
+            self.tensorboard.step(step, metrics, lr, images)
+
+    def log_embeddings(self, features: Any, labels: Any, dataset: Any, step: int) -> None:
+        """The test embeddings in TensorBoard's projector, with class names and, for in-memory images, a sprite."""
+        if self.tensorboard is None:
+            return
+        images = dataset.data if dataset.kind == "image" and isinstance(dataset.data, torch.Tensor) else None
+        self.tensorboard.embeddings(features, labels, dataset.classes, images, step)
 
     def release(self) -> None:
         """Drop the lock and remove its file: the folder is free for the next run or resume."""
         if self._handle is None:
             return
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         (self.path / LOCK).unlink(missing_ok=True)
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-from selfsup.train.config import DEFAULTS, parse_value
+from selfsup.train.config import CONFIG_VERSION, DEFAULTS, parse_value
 
 FREE_SECTIONS = {"recipe"}
 # Keys the code reads whose default is None (or that no preset sets), with example values of their type.
@@ -34,6 +34,8 @@ DECLARED: dict[str, tuple[Any, ...]] = {
     "data.stream": ("auto", True),
     "data.workers": ("auto", 4),
     "train.channels_last": ("auto", True),
+    "train.tensorboard": ("auto", True),
+    "backbone.pretrained": (False,),  # timm:NAME and torchvision:NAME only (nn/external.py)
     "optim.warmup_epochs": (1.5,),  # a fraction of an epoch is fine (the schedule is per step)
     "views.preset": (None, "simclr"),
     "optim.betas": ([0.9, 0.999],),
@@ -250,11 +252,24 @@ def check_overrides(method: str, overrides: dict[str, Any] | None) -> None:
         check_value(method, dotted, value, "override")
 
 
+def check_version(version: Any) -> None:
+    """One line unless ``version`` (a config's ``config_version``) is one this selfsup reads."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"config_version must be a whole number >= 1, got {version!r}: not a selfsup config.yaml")
+    if version > CONFIG_VERSION:
+        raise ValueError(
+            f"this config.yaml is from a newer selfsup (config_version {version}; this one reads up to "
+            f"{CONFIG_VERSION}): upgrade selfsup (pip install -U selfsup) to run it"
+        )
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """Check a whole config (keys and value types), e.g. one read from ``config.yaml`` or built from overrides.
 
     Values the recipe fitted to the run (listed in ``recipe.changes``) are the library's, not checked again.
     """
+    if isinstance(cfg, dict):
+        check_version(cfg.get("config_version", 1))
     if not isinstance(cfg, dict) or not isinstance(cfg.get("method"), str):
         raise ValueError("the config has no method: it is not a selfsup config.yaml")
     from selfsup import methods

@@ -42,6 +42,7 @@ def fit(
     stop_after_epoch: int | None = None,
     datasets: Datasets | None = None,
     overwrite: bool = False,
+    config: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``method`` on ``data`` and write the run folder ``out_dir``; returns the summary.
 
@@ -51,16 +52,19 @@ def fit(
     ``resume.RESUMABLE`` lists, e.g. a larger ``train.epochs``) or ``overwrite`` (replace it).
     stop_after_epoch: return after this many epochs (the schedules still span ``train.epochs``).
     encoder: any ``nn.Module`` mapping inputs to [B, D], used instead of ``cfg['backbone']``.
+    config: rerun the run whose ``config.yaml`` (or folder) this is, exactly (``prepare.rerun_config``).
     """
     distributed.init_from_env()
-    cfg, datasets, out = prepare(method, data, out_dir, data_dir, overrides, assignments, resume, overwrite, datasets)
+    cfg, datasets, out = prepare(
+        method, data, out_dir, data_dir, overrides, assignments, resume, overwrite, datasets, config
+    )
     trainer = Trainer(cfg, datasets, encoder)
     if not distributed.is_main():
         return trainer.run(None, resume, stop_after_epoch, out)
     with run_folder.RunFolder.claim(out, resume=resume, overwrite=overwrite) as folder:
         if out_dir is None:
             print(f"selfsup: run folder {out}", file=sys.stderr)
-        if not resume and (fitted := recipe.describe(cfg)):
+        if not resume and config is None and (fitted := recipe.describe(cfg)):
             print(f"selfsup: {fitted}", file=sys.stderr)
         return trainer.run(folder, resume, stop_after_epoch, out, overwrite)
 
@@ -132,7 +136,7 @@ class Trainer:
         if resume:
             self._restore(Path(out) / run_folder.CHECKPOINT)
         if folder is not None:
-            folder.resume(self.cfg, self.history) if resume else folder.start(self.cfg, overwrite)
+            folder.resume(self.cfg, self.history, self.step) if resume else folder.start(self.cfg, overwrite)
         epochs = self.cfg["train"]["epochs"]
         last = epochs if stop_after_epoch is None else min(epochs, stop_after_epoch)
         with self.watch:
@@ -185,6 +189,8 @@ class Trainer:
                 record.skipped += 1
             else:
                 record.add(step[1], step[0].embeddings, monitor=i >= monitor_from)
+                if self.folder is not None:
+                    self.folder.log_step(self.step, step[1], record.lr, self.batch_size)
             if (i % 10 == 0 or i == self.steps_per_epoch - 1) and step is not None:
                 self.guard.check()
                 bar.set_postfix(loss=f"{step[1]['loss'].item():.4f}", lr=f"{record.lr:.3g}")
@@ -302,6 +308,7 @@ class Trainer:
             report.write_outputs(
                 self.folder.path, self.encoder, summary, self.history, test_f, test_y, self.cfg["eval"]["plots"]
             )
+            self.folder.log_embeddings(test_f, test_y, self.datasets.test, self.step)
         distributed.barrier()
         return summary
 
