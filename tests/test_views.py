@@ -231,6 +231,17 @@ def test_colour_jitter_matches_the_literal_definition_in_every_order(cifar):
         torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
 
 
+def test_colour_jitter_gives_the_same_images_whether_hue_selects_samples_or_masks_the_batch(cifar):
+    images = as_float(cifar[:48])
+    order = torch.tensor(list(itertools.permutations(range(4))) * 2)
+    factors = torch.stack([torch.rand(48) + 0.5, torch.rand(48) + 0.5, torch.rand(48) + 0.5, torch.rand(48) - 0.5], 1)
+    factors[::3, 3] = 0.0  # no hue shift: the masked path must leave these samples alone too
+    selected = ops.color_jitter(images.clone(), factors, order, select_hue=True)
+    masked = ops.color_jitter(images.clone(), factors, order, select_hue=False)
+    torch.testing.assert_close(masked, selected, atol=1e-6, rtol=0)
+    assert not torch.allclose(selected, ops.color_jitter(images.clone(), factors, order.flip(1), select_hue=True))
+
+
 def test_jitter_parameters_have_colorjitter_ranges_probability_and_random_order():
     spec = ViewSpec(size=32, brightness=0.4, contrast=0.8, saturation=1.5, hue=0.1, jitter_p=0.8)
     factors, order = jitter_parameters(spec, 20000, torch.device("cpu"))

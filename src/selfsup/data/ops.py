@@ -8,6 +8,7 @@ RandomSolarize, Grayscale), so presets written for torchvision mean the same thi
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -115,12 +116,8 @@ def _rgb_from_hue6(hue6: Tensor, value: Tensor, chroma: Tensor) -> Tensor:
     exceed 2, so only red needs the wrap-around.
     """
     h = torch.remainder(hue6, 6.0)
-    out = torch.empty(h.shape[0], 3, *h.shape[2:], device=h.device, dtype=h.dtype)
     distances = (torch.minimum(h, 6.0 - h), (h - 2.0).abs_(), (h - 4.0).abs_())
-    for channel, distance in enumerate(distances):
-        fall = distance.sub_(1.0).clamp_(0.0, 1.0)
-        torch.addcmul(value, chroma, fall, value=-1.0, out=out[:, channel : channel + 1])
-    return out
+    return torch.cat([torch.addcmul(value, chroma, d.sub_(1.0).clamp_(0.0, 1.0), value=-1.0) for d in distances], 1)
 
 
 def rgb_to_hsv(images: Tensor) -> Tensor:
@@ -141,22 +138,32 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     return _rgb_from_hue6(hue6 + 6.0 * shift.view(-1, 1, 1, 1), value, chroma)
 
 
-def color_jitter(images: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+def color_jitter(images: Tensor, factors: Tensor, order: Tensor, select_hue: bool | None = None) -> Tensor:
     """torchvision's ColorJitter with per-sample factors and per-sample order.
 
     factors: [B, 4] = (brightness, contrast, saturation, hue shift); (1, 1, 1, 0) is the identity.
     order: [B, 4] a permutation of 0..3 (brightness, contrast, saturation, hue) per sample.
-    Brightness, contrast and saturation are blends (``blend_stage``); hue is applied to the samples
-    whose stage it is only, so each image pays for one hue rotation at most.
+    Brightness, contrast and saturation are blends (``blend_stage``). Hue, at each stage, is applied
+    either to the samples whose stage it is only, gathered by index (``select_hue``, the default on
+    the CPU: each image pays for one hue rotation at most), or to the whole batch and kept where it
+    is the sample's stage (the default elsewhere and under torch.compile: finding the samples is a
+    ``nonzero``, which makes the host wait for the device and gives a compiled graph a data-dependent
+    size, and four rotations of a small batch cost less than that). Both give the same images.
     """
+    if select_hue is None:
+        select_hue = images.device.type == "cpu" and not torch.compiler.is_compiling()
     out = images
     for stage in range(4):
         op = order[:, stage]
         factor = torch.where(op == 3, torch.ones_like(factors[:, 0]), factors.gather(1, op.clamp(max=2)[:, None])[:, 0])
         out = blend_stage(out, factor, to_mean=op == 1, to_gray=op == 2)
-        hue_here = ((op == 3) & (factors[:, 3] != 0)).nonzero().squeeze(1)
-        if hue_here.numel():
-            out[hue_here] = adjust_hue(out[hue_here], factors[hue_here, 3])
+        hue_here = (op == 3) & (factors[:, 3] != 0)
+        if not select_hue:
+            out = torch.where(hue_here.view(-1, 1, 1, 1), adjust_hue(out, factors[:, 3]), out)
+            continue
+        rows = hue_here.nonzero().squeeze(1)
+        if rows.numel():
+            out[rows] = adjust_hue(out[rows], factors[rows, 3])
     return out
 
 
@@ -205,8 +212,22 @@ def solarize(images: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), torch.minimum(images, 1.0 - images), images)
 
 
-def normalize(images: Tensor, mean, std) -> Tensor:
+def normalizer(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(scale, shift) [1, C, 1, 1] with x * scale + shift = (x - mean) / std.
+
+    Made from host numbers, so a copy to ``device``: build them once, not per batch (on a GPU each
+    copy of host data makes the host wait for the device).
+    """
+    scale = 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * scale
+    return scale.to(device), shift.to(device)
+
+
+def normalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """(x - mean) / std per channel for float images in [0, 1]."""
-    scale = 1.0 / images.new_tensor(std).view(1, -1, 1, 1)
-    shift = -images.new_tensor(mean).view(1, -1, 1, 1) * scale
-    return torch.addcmul(shift, images, scale)
+    return normalize_with(images, *normalizer(mean, std, images.device))
+
+
+def normalize_with(images: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """x * scale + shift, with (scale, shift) from ``normalizer``."""
+    return torch.addcmul(shift.to(images.dtype), images, scale.to(images.dtype))

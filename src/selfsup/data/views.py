@@ -102,8 +102,10 @@ class ViewMaker:
 
     def __init__(self, specs: Sequence[ViewSpec], mean: Sequence[float], std: Sequence[float]):
         self.specs = list(specs)
+        self._groups = [(spec, len(list(group))) for spec, group in itertools.groupby(self.specs)]
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self._normalizer: tuple[Tensor, Tensor] | None = None  # (scale, shift) on the last batch's device
 
     @property
     def num_views(self) -> int:
@@ -113,8 +115,7 @@ class ViewMaker:
         """Views made like ones (e.g. SimCLR's two) in one pass over the repeated batch: half the op calls."""
         images = to_float(batch)
         views: list[Tensor] = []
-        for spec, group in itertools.groupby(self.specs):
-            count = len(list(group))
+        for spec, count in self._groups:
             repeated = images if count == 1 else images.repeat(count, 1, 1, 1)
             views += self.view(repeated, spec).chunk(count)
         return views
@@ -136,7 +137,9 @@ class ViewMaker:
             x = ops.gaussian_blur(x, sigma, spec.blur_kernel or ops.blur_kernel_size(spec.size))
         if spec.solarize_p > 0:
             x = ops.solarize(x, ops.bernoulli(n, spec.solarize_p, device))
-        return ops.normalize(x, self.mean, self.std)
+        if self._normalizer is None or self._normalizer[0].device != x.device:
+            self._normalizer = ops.normalizer(self.mean, self.std, x.device)
+        return ops.normalize_with(x, *self._normalizer)
 
 
 def jitter_parameters(spec: ViewSpec, n: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -150,7 +153,7 @@ def jitter_parameters(spec: ViewSpec, n: int, device: torch.device) -> tuple[Ten
         ],
         dim=1,
     )
-    identity = factors.new_tensor((1.0, 1.0, 1.0, 0.0))
+    identity = (torch.arange(4, device=device) < 3).to(factors.dtype)  # (1, 1, 1, 0), made on the device
     factors = torch.where(ops.bernoulli(n, spec.jitter_p, device)[:, None], factors, identity)
     order = torch.rand(n, 4, device=device).argsort(dim=1)
     return factors, order

@@ -38,7 +38,7 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float = 0.05, iters: int = 3, gather
     largest = distributed.gather_no_grad(scores.max().reshape(1)).max() if gather else scores.max()
     q = torch.exp((scores.double() - largest.double()) / epsilon).T
     num_prototypes = q.shape[0]
-    batch = reduce(torch.tensor(float(q.shape[1]), dtype=q.dtype, device=q.device))
+    batch = reduce(q.new_full((), float(q.shape[1])))  # a fill on the device, not a copy from the host
     q /= reduce(q.sum())
     for _ in range(iters):
         q /= reduce(q.sum(dim=1, keepdim=True))

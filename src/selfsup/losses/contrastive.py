@@ -255,10 +255,11 @@ def deep_infomax(local: Tensor, global_: Tensor, estimator: str = "jsd", gather:
     scores = torch.einsum("bd,cnd->bcn", global_, all_local)
     image = torch.arange(len(all_local), device=local.device)
     own = (image[None, :] == image[offset : offset + batch, None])[:, :, None]
-    positive = scores[own.squeeze(2)]
+    rows = torch.arange(batch, device=local.device)
+    positive = scores[rows, rows + offset]  # [B, N]: indexed, not masked (a mask's count is read on the host)
     if estimator == "jsd":
-        negatives = scores.masked_select(~own.expand_as(scores))
-        return F.softplus(-positive).mean() + F.softplus(negatives).mean()
+        negatives = F.softplus(scores).masked_fill(own, 0.0).sum() / (batch * (len(all_local) - 1) * scores.shape[2])
+        return F.softplus(-positive).mean() + negatives
     negative_lse = scores.masked_fill(own, float("-inf")).flatten(1).logsumexp(1, keepdim=True)
     return (torch.logaddexp(positive, negative_lse) - positive).mean()
 

@@ -51,7 +51,8 @@ class AdCo(Method):
         self.shuffle_bn = head.get("shuffle_bn", True)
         self._keys: Tensor | None = None
         self._shuffle: bool | None = None  # decided at the first step, once the trainer has set up DDP
-        self._filling = True  # cached ``filled < num_negatives``, so no step reads the device
+        self._filled = 0  # ``filled`` as the host knows it, so no step reads the device
+        self._filling = True  # ``filled < num_negatives``
         self.register_load_state_dict_post_hook(self._sync_filling)
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
@@ -83,11 +84,11 @@ class AdCo(Method):
     def fill_negatives(self, keys: Tensor) -> None:
         """Copy the next keys (gathered across ranks) into the negatives not yet initialised."""
         keys = distributed.gather_no_grad(keys)
-        start = int(self.filled)
+        start = self._filled
         end = min(start + keys.shape[0], self.negatives.shape[0])
         self.negatives[start:end] = keys[: end - start].to(self.negatives.dtype)
         self.filled.fill_(end)
-        self._filling = end < self.negatives.shape[0]
+        self._filled, self._filling = end, end < self.negatives.shape[0]
 
     def param_groups(self) -> list[dict[str, Any]]:
         head = self.cfg["head"]
@@ -105,4 +106,5 @@ class AdCo(Method):
         return [g for g in groups if g["params"]] + [negatives]
 
     def _sync_filling(self, module: nn.Module, incompatible_keys: Any) -> None:
-        self._filling = int(self.filled) < self.negatives.shape[0]
+        self._filled = int(self.filled)
+        self._filling = self._filled < self.negatives.shape[0]

@@ -48,18 +48,26 @@ class SwAV(Method):
         # Checkpoints hold every rank's share (``runtime_state``), not the buffers themselves.
         queue_length = head.get("queue_size", 0) // distributed.world_size()
         self.register_buffer("queue", torch.zeros(2, queue_length, dim), persistent=False)
-        self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
         # Per-rank state: DDP must not overwrite it with rank 0's copy (its buffer broadcast).
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["queue", "queue_filled"])
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, ["queue"])
         self.frozen_steps = head.get("freeze_prototypes_epochs", 1) * info.steps_per_epoch
         self.epoch = 0
+        self.queue_filled = 0  # real entries in this rank's share, counted on the host: no step reads the device
+        # What forward needs of the two counts, as flags: a compiled step is specialised on the values it reads,
+        # and flags change twice a run where the counts change every epoch and step.
+        self._set_queue_flags()
         self._to_enqueue: Tensor | None = None
 
     def on_epoch_start(self, epoch: int) -> None:
         self.epoch = epoch
+        self._set_queue_flags()
 
     def queue_in_use(self) -> bool:
         return self.queue.shape[1] > 0 and self.epoch >= self.cfg["head"].get("queue_start_epoch", 0)
+
+    def _set_queue_flags(self) -> None:
+        self._queue_on = self.queue_in_use()
+        self._queue_full = self.queue_filled == self.queue.shape[1]
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
         batch = views[0].shape[0]
@@ -67,8 +75,8 @@ class SwAV(Method):
         z = F.normalize(self.projector(h), dim=1)
         scores = self.prototypes(z).split(batch)
         queue_scores = None
-        if self.queue_in_use():
-            if int(self.queue_filled) == self.queue.shape[1]:
+        if self._queue_on:
+            if self._queue_full:
                 with torch.no_grad():
                     queue_scores = (self.prototypes(self.queue[0]), self.prototypes(self.queue[1]))
             self._to_enqueue = z[: 2 * batch].detach().view(2, batch, -1)
@@ -80,7 +88,7 @@ class SwAV(Method):
     def runtime_state(self) -> dict:
         """The epoch and the queue of every rank (rank-major), so that a resumed run uses the same features."""
         shares = distributed.gather_no_grad(self.queue.transpose(0, 1).contiguous())  # [world * length, 2, dim]
-        return {"epoch": self.epoch, "queue": shares.cpu(), "queue_filled": int(self.queue_filled)}
+        return {"epoch": self.epoch, "queue": shares.cpu(), "queue_filled": self.queue_filled}
 
     def load_runtime_state(self, state: dict) -> None:
         """This rank's share of the saved queue; with another number of processes, a slice of the same features."""
@@ -89,9 +97,10 @@ class SwAV(Method):
         share = state["queue"][rank * length : (rank + 1) * length]
         if share.shape[0] == length and share.shape[-1] == self.queue.shape[-1]:
             self.queue.copy_(share.transpose(0, 1))
-            self.queue_filled.fill_(min(state["queue_filled"], length))
+            self.queue_filled = min(int(state["queue_filled"]), length)
         else:  # the saved queue is too short for this rank's share: it refills within length / batch steps
-            self.queue_filled.zero_()
+            self.queue_filled = 0
+        self._set_queue_flags()
 
     def on_after_backward(self, step: int) -> None:
         if step < self.frozen_steps:
@@ -104,5 +113,6 @@ class SwAV(Method):
             new = self._to_enqueue.to(self.queue.dtype)
             length = self.queue.shape[1]
             self.queue.copy_(torch.cat([new, self.queue], dim=1)[:, :length])
-            self.queue_filled.copy_((self.queue_filled + new.shape[1]).clamp(max=length))
+            self.queue_filled = min(self.queue_filled + new.shape[1], length)
+            self._queue_full = self.queue_filled == length
             self._to_enqueue = None

@@ -55,7 +55,7 @@ class Queue(nn.Module):
         slots = (self.pointer + torch.arange(n, device=self.items.device)) % self.size
         self.items[slots] = x.to(self.items.dtype)
         self.pointer.copy_((self.pointer + n) % self.size)
-        self.count.fill_(min(int(self.count) + n, self.size))
+        self.count.add_(n).clamp_(max=self.size)  # on the device: no read of the count by the host
 
     def oldest_first(self) -> Tensor:
         """The real entries, oldest first (the storage order of ``items`` is circular)."""

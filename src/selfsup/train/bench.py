@@ -17,6 +17,10 @@ busy CPU differ by a few percent from run to run even for identical work.
 two_view_ms / overhead_vs_two_views: against forward + backward of the bare backbone on each view
 once, the simplest baseline; differs from ``overhead`` only where the method runs the backbone more
 (EMA targets) or less (asymmetric losses) than that.
+
+The step's forward half is the trainer's (``train.step``); with ``--set train.compile=step`` the timed step
+is compiled (its first call, the compilation, falls in the warm-up rounds) while the baselines and the
+machinery stay eager. memory_peak_gb (CUDA): the most memory allocated during this benchmark.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from selfsup.data.base import ArrayDataset
 from selfsup.data.views import build_views
 from selfsup.train.optim import build_optimizer
 from selfsup.train.setup import build_method, make_config, resolve_device, seed_everything
+from selfsup.train.step import StepForward, build_step_forward, compile_target
 
 
 def synthetic_images(num: int, size: int = 32, channels: int = 3, classes: int = 10) -> ArrayDataset:
@@ -144,8 +149,12 @@ def bench(
     cfg = make_config(
         method, "synthetic", data, overrides={"backbone": {"name": backbone}}, assignments=assignments, fit_to_run=False
     )
+    if compile_target(cfg["train"]["compile"]) == "backbone":
+        raise ValueError("selfsup bench compiles the whole step or nothing: use --set train.compile=step")
     dev = resolve_device(device if device != "auto" else cfg["train"]["device"])
     bf16 = dev.type == "cuda" and cfg["train"]["precision"] in ("auto", "bf16")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     seed_everything(0)
     model = build_method(cfg, data, steps_per_epoch=steps + warmup + 1).to(dev)
     if dev.type == "cuda":
@@ -158,10 +167,11 @@ def bench(
     indices = torch.arange(batch_size, device=dev)
     encoder_grads = [torch.zeros_like(p) for p in model.encoder.parameters()]
     step = [0]
+    eager = StepForward(model, model, views, torch.float32, bf16, channels_last=dev.type == "cuda")
+    timed = build_step_forward(model, model, views, cfg["train"], torch.float32, bf16, dev.type == "cuda")
 
-    def method_step(replayed: bool = False) -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = model.training_loss(model(views(batch), labels, indices), labels)
+    def method_step(replayed: bool = False, forward: Callable = eager) -> None:
+        _, loss, _ = forward(batch, labels, indices)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if replayed:  # the optimizer updates the encoder as in a real step
@@ -199,7 +209,8 @@ def bench(
 
     two_views = [BackbonePass(v, True) for v in fixed_views]
     step_ms, backbone_ms, two_view_ms, machinery_ms = _interleaved_ms(
-        [method_step, backbone_passes(passes), backbone_passes(two_views), machinery_step], steps, warmup, dev
+        [lambda: method_step(forward=timed), backbone_passes(passes), backbone_passes(two_views), machinery_step],
+        steps, warmup, dev,
     )
     result = {
         "method": method,
@@ -212,6 +223,7 @@ def bench(
         ],
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "precision": "bf16" if bf16 else "fp32",
+        "compile": compile_target(cfg["train"]["compile"]),
         "images_per_s": batch_size / step_ms * 1000.0,
         "step_ms": step_ms,
         "backbone_ms": backbone_ms,

@@ -48,7 +48,9 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "device": "auto",
         "precision": "auto",  # bf16 autocast on CUDA, fp32 on CPU; fp64 for exactness checks
-        "compile": False,
+        "compile": False,  # torch.compile: false, backbone (or true), or the whole step's forward (train/step.py)
+        "compile_mode": "default",  # torch.compile's mode; reduce-overhead adds CUDA graphs
+        "compile_backend": "inductor",
         "channels_last": "auto",
         "checkpoint_every": 1,  # epochs between checkpoints (and the last epoch)
         "checkpoint_every_steps": 0,  # also a mid-epoch checkpoint every N steps (0: none); resumes exactly

@@ -13,7 +13,8 @@ from selfsup.train.schema import check_assignments, check_config, check_override
 # What --resume may change: how long and where the run trains, how it checkpoints, reports and guards.
 # Anything else (model, data, objective, optimizer, batch) would make the rest a different run.
 RESUMABLE = {
-    "train.epochs", "train.device", "train.progress", "train.compile", "train.checkpoint_every",
+    "train.epochs", "train.device", "train.progress", "train.compile", "train.compile_mode", "train.compile_backend",
+    "train.checkpoint_every",
     "train.checkpoint_every_steps", "train.on_nan", "data.dir", "data.workers", "eval.every", "eval.linear_every",
     "eval.plots", "train.tensorboard",
 }

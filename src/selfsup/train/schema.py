@@ -36,6 +36,9 @@ DECLARED: dict[str, tuple[Any, ...]] = {
     "train.channels_last": ("auto", True),
     "train.tensorboard": ("auto", True),
     "backbone.pretrained": (False,),  # timm:NAME and torchvision:NAME only (nn/external.py)
+    "train.compile": (False, "backbone", "step"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "train.compile_backend": ("inductor", "aot_eager", "eager", "cudagraphs"),
     "optim.warmup_epochs": (1.5,),  # a fraction of an epoch is fine (the schedule is per step)
     "views.preset": (None, "simclr"),
     "optim.betas": ([0.9, 0.999],),

@@ -28,6 +28,7 @@ from selfsup.train.prepare import prepare
 from selfsup.train.resume import replan
 from selfsup.train.schedule import apply_lr, warmup_cosine
 from selfsup.train.setup import Datasets, build_method, resolve_device, seed_everything, validate
+from selfsup.train.step import build_step_forward, compile_target
 
 
 def fit(
@@ -97,7 +98,7 @@ class Trainer:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.encoder = self.method.encoder
         self.guard.watch(self.method)
-        if train["compile"]:
+        if compile_target(train["compile"]) == "backbone":
             self.encoder.compile()
         self.views = build_views(
             cfg["views"], datasets.pretrain.channels, datasets.pretrain.input_size,
@@ -105,6 +106,9 @@ class Trainer:
         )
         self.optimizer = build_optimizer(self.method.param_groups(), cfg["optim"], self.batch_size)
         self.model = self._wrap(self.method)
+        self.forward = build_step_forward(
+            self.model, self.method, self.views, train, self.dtype, self.bf16, self.channels_last
+        )
         self.pretrain_data = datasets.pretrain.data.to(self.device) if _fits(datasets.pretrain.data, self.device) else (
             datasets.pretrain.data
         )
@@ -218,18 +222,13 @@ class Trainer:
         return torch.randperm(len(self.datasets.pretrain), generator=generator).to(self.pretrain_labels.device)
 
     def _step(self, indices: torch.Tensor, batch: torch.Tensor) -> tuple[Any, dict[str, torch.Tensor]] | None:
-        """One optimizer step; None if the divergence guard skipped it (``train.on_nan=skip``)."""
+        """One optimizer step; None if the divergence guard skipped it (``train.on_nan=skip``).
+
+        No host read of the device (``tests/test_host_syncs.py``) except the guard's on the CPU or in ``skip`` mode.
+        """
         labels = self.pretrain_labels[indices]
         self.guard.before_step()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            views = [v.to(self.dtype) for v in self.views(batch)]
-            if self.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            out = self.model(views, labels, indices)
-            metrics = {"loss": out.loss.detach(), **out.metrics}
-            total, probe_top1 = self.method.training_loss(out, labels)
-            if probe_top1 is not None:
-                metrics["probe_top1"] = probe_top1
+        out, total, metrics = self.forward(batch, labels, indices)
         if not self.guard.admit(out.loss, self.step):
             self.step += 1
             return None
@@ -239,8 +238,7 @@ class Trainer:
         self.optimizer.step()
         self.method.on_step_end(self.step, self.total_steps)
         self.step += 1
-        as_tensor = lambda v: v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))  # noqa: E731
-        return out, {k: as_tensor(v).to(self.device) for k, v in metrics.items()}
+        return out, metrics
 
     # ---- evaluation --------------------------------------------------------------------------------
 
