@@ -14,7 +14,7 @@ In order, each step only while the time budget (``--budget-s``) lasts:
    first method not yet tried at this code version trains as many epochs of its 200-epoch schedule as fit,
    and is recorded as partial (kNN at the epoch it stopped).
 
-Runs cannot be continued across device calls: a ResNet-18 checkpoint with its optimizer state is 90-250 MB,
+Runs cannot be continued across device calls: a checkpoint with its optimizer state is 94 MB (SimCLR) to 189 MB (BYOL),
 and a call carries in at most 64 MiB (the CIFAR tarballs take 20 of them) and brings back at most 16 MiB a
 file. So each call trains whole runs (or partial ones that stay partial), and what continues from call to
 call is the state file: ``benchmarks/gpu_state.json`` (read from the repository, written to ``--out``; commit

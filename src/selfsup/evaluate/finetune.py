@@ -13,9 +13,12 @@ Adapted to small labelled sets (``simclr_recipe``; both rules leave ImageNet's 1
 
 - batch: at most the labelled images (a subset smaller than 4096 is one batch); the lr follows the batch
   by the paper's rule.
-- steps: at least the paper's own (188 for 1 %, 939 for 10 %: 12,811 x 60 // 4096 + 1 and 128,116 x 30 //
-  4096 + 1). 60 epochs of 13 digits are 60 steps at a learning rate of 0.003, too few to move a
-  zero-initialised head; the paper's number of updates is what its schedule was tuned for.
+- steps: at least the paper's own for the schedule followed (188 for 1 %, 939 for 10 %: 12,811 x 60 // 4096
+  + 1 and 128,116 x 30 // 4096 + 1). 60 epochs of 12 digits are 61 steps at a learning rate of 0.002, too
+  few to move a zero-initialised head; the paper's number of updates is what its schedule was tuned for.
+
+Label fractions below sqrt(1 % x 10 %) = 3.2 % follow the 1 % schedule, the others the 10 % one (SimCLR v2,
+Chen et al. 2020b, fine-tunes for 30 epochs on 10 % and on all of ImageNet's labels alike).
 """
 
 from __future__ import annotations
@@ -37,15 +40,16 @@ IMAGENET_TRAIN = 1_281_167
 PAPER_EPOCHS = {0.01: 60, 0.10: 30}
 
 
+def schedule_of(fraction: float) -> float:
+    """The paper's label fraction whose schedule ``fraction`` follows: 1 % below 3.2 % (the geometric middle), else 10 %."""
+    return 0.01 if fraction < math.sqrt(0.01 * 0.10) else 0.10
+
+
 def paper_steps(fraction: float) -> int:
-    """The number of steps of SimCLR's ImageNet fine-tuning for ``fraction`` of the labels (their code's count)."""
-    epochs = paper_epochs(fraction)
-    return math.floor(fraction * IMAGENET_TRAIN) * epochs // PAPER_BATCH + 1
-
-
-def paper_epochs(fraction: float) -> int:
-    """60 epochs up to 1 % of the labels, 30 from 10 % on; in between the nearer of the two on a log scale."""
-    return PAPER_EPOCHS[0.01] if fraction < math.sqrt(0.01 * 0.10) else PAPER_EPOCHS[0.10]
+    """The steps of SimCLR's ImageNet fine-tuning on the schedule ``fraction`` follows (the authors' code's count:
+    examples x epochs // batch + 1): 188 for 1 %, 939 for 10 %."""
+    reference = schedule_of(fraction)
+    return math.floor(reference * IMAGENET_TRAIN) * PAPER_EPOCHS[reference] // PAPER_BATCH + 1
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class FinetuneRecipe:
 
 def simclr_recipe(labelled: int, fraction: float) -> FinetuneRecipe:
     """SimCLR's semi-supervised fine-tuning recipe for ``labelled`` images that are ``fraction`` of the training set."""
-    epochs = paper_epochs(fraction)
+    epochs = PAPER_EPOCHS[schedule_of(fraction)]
     batch = min(PAPER_BATCH, labelled)
     changes = {}
     if batch < PAPER_BATCH:
@@ -78,7 +82,7 @@ def simclr_recipe(labelled: int, fraction: float) -> FinetuneRecipe:
     steps = labelled * epochs // batch + 1
     if steps < paper_steps(fraction):
         changes["steps"] = (f"{epochs} epochs of {labelled} images are {steps} steps; at least the paper's "
-                            f"{paper_steps(fraction)} for {fraction:.3g} of ImageNet's labels")
+                            f"{paper_steps(fraction)} for {schedule_of(fraction):.0%} of ImageNet's labels")
         steps = paper_steps(fraction)
     return FinetuneRecipe(
         batch_size=batch, lr=PAPER_LR_PER_256 * batch / 256, steps=steps,

@@ -48,10 +48,10 @@ def labelled_total(labels: str, train: ArrayDataset) -> tuple[int, float]:
     total = math.floor(value * available) if kind == "fraction" else int(value)
     if total > available:
         raise ValueError(f"--labels {labels}: the training split of '{train.name}' has {available} labelled images")
-    if total < train.num_classes:
+    if total < max(train.num_classes, 2):
         raise ValueError(
             f"--labels {labels} is {total} of {available} labelled images, fewer than one per class of the "
-            f"{train.num_classes} classes of '{train.name}': ask for at least {train.num_classes} images"
+            f"{train.num_classes} classes of '{train.name}': ask for at least {max(train.num_classes, 2)} images"
         )
     return total, total / available
 
