@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from selfsup.nn.backbones import build_backbone, output_dim
+from selfsup.nn.convnet import convnet
 from selfsup.nn.resnet import resnet18, resnet50
 from selfsup.train.trainer import fit
 from tests.helpers import DIGITS_SMALL, digits
@@ -42,3 +43,19 @@ def test_any_module_can_be_the_encoder(tmp_path):
     assert 0.0 < summary["knn_top1"] <= 1.0
     trained = torch.load(tmp_path / "mlp" / "checkpoints" / "last.pt", weights_only=True)["method"]
     assert trained["encoder.1.weight"].shape == (48, 64)
+
+
+@pytest.mark.parametrize("factory, sides", [
+    (lambda: resnet18(width=4, stem="cifar"), [32, 16, 8, 4]),
+    (lambda: convnet(width=4, input_size=32), [32, 16, 8, 8]),  # max-pool after blocks 2 and 3
+    (lambda: convnet(width=4, input_size=8), [8, 4, 4, 4]),  # no pooling below 8 px
+])
+def test_feature_maps_are_the_stages_and_end_in_the_representation(factory, sides):
+    """Deep InfoMax's local features come from one of these maps; the last is what the encoder pools."""
+    torch.manual_seed(0)
+    net = factory().eval()
+    x = torch.randn(2, 3, sides[0], sides[0])
+    maps = net.feature_maps(x)
+    assert [m.shape[-1] for m in maps] == sides and [m.shape[1] for m in maps] == [4, 8, 16, 32]
+    assert torch.equal(maps[-1], net.forward_features(x))
+    assert torch.allclose(net.pool(maps[-1]).flatten(1), net(x))

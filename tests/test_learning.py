@@ -12,12 +12,12 @@ already scores 0.96 and hides a method that stops learning).
   InstDisc trains the ResNet-18 there: in 20 epochs it does not lift the convnet above its untrained
   0.887 (0.82), while it takes the ResNet from 0.18 to 0.80. CPC, a sequence method first, runs on UCR
   OSULeaf (200 series of 427 steps, 6 classes), where it beats the raw series.
-- Every method but one is run again with a realistic mutation (``MUTATIONS``): a positive pair made of
-  two images, a queue, bank or memory never written, no stop-gradient, no equipartition, no whitening.
-  The mutant must score at least ``MUTANT_GAP`` below the real method. Deep InfoMax has none: on digits
-  its training lowers the untrained convnet's kNN (0.865 vs 0.887), and its mutants score alike or
-  higher (another image's global vector 0.859, no negatives 0.909), here and in the compact reference.
-  A frozen EMA target is not a mutation here either: on digits in 20 epochs it costs too little to tell
+- Every method is run again with a realistic mutation (``MUTATIONS``): a positive pair made of two
+  images, a queue, bank or memory never written, no stop-gradient, no equipartition, no whitening, a
+  global vector scored against another image's local features. The mutant must score at least
+  ``MUTANT_GAP`` below the real method. Deep InfoMax's real run only holds the untrained convnet's kNN
+  (0.86-0.90 vs 0.887 over seeds; its objective asks for no invariance to the views), but the mutant
+  falls to 0.78-0.82. A frozen EMA target is not a mutation here either: on digits in 20 epochs it costs too little to tell
   (BYOL 0.948 vs 0.952, MoCo 0.933 vs 0.944, MoCo v3 0.961 vs 0.957): a random target network already
   holds most of what kNN reads on 8 px digits. Those methods are caught by their positive pairing.
 
@@ -56,7 +56,6 @@ MARGIN_TO_PIXELS = 0.06
 MARGIN_TO_REFERENCE = 0.03
 MUTANT_GAP = 0.03
 BELOW_PIXELS = {"instdisc", "dim"}
-WITHOUT_MUTATION = {"dim"}
 IMAGE_METHODS = [name for name, cls in methods.available().items() if cls.data_kind != "sequence"]
 
 
@@ -151,6 +150,7 @@ MUTATIONS: dict[str, dict[str, Callable]] = {
     "instdisc": {"bank_never_written": _bank},
     "adco": {"positive_of_another_image": views_of_different_images},
     "cpc": {"future_of_another_series": lambda: second_argument_of_another_image("cpc", "cpc")},
+    "dim": {"global_vector_of_another_image": lambda: second_argument_of_another_image("dim", "deep_infomax")},
     "swav": {"no_equipartition": no_equipartition, "positive_of_another_image": views_of_different_images},
     "deepclusterv2": {"memory_never_written": _deepcluster_memory},
     "byol": {"positive_of_another_image": views_of_different_images},
@@ -198,8 +198,8 @@ def reference_knn(method: str) -> float:
     return score_encoder(trained.encoder, data, cfg, torch.device("cpu"))[0]["knn_top1"]
 
 
-def test_every_image_method_but_deep_infomax_has_a_mutation():
-    assert sorted(MUTATIONS) == sorted(set(IMAGE_METHODS) - WITHOUT_MUTATION)
+def test_every_image_method_has_a_mutation():
+    assert set(IMAGE_METHODS) <= set(MUTATIONS)
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xdist_group(m)) for m in IMAGE_METHODS])

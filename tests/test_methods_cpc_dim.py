@@ -136,12 +136,14 @@ def test_dim_forward_backward_and_loss_decreases():
     x = _tiny_images()
     encoder = resnet18(width=4, in_channels=1)
     info = RunInfo(encoder.out_dim, len(x), 10, 1, 1, 1, 16)
-    method = DeepInfoMax(encoder, {"head": {"mi_units": 16}, "loss": {"estimator": "jsd"}}, info)
+    method = DeepInfoMax(encoder, {"head": {"mi_units": 16, "local_stage": 1}, "loss": {"estimator": "jsd"}}, info)
     views = [x, x.flip(3)]
     out = method(views)
     local, features = method._represent(x)
     expected = deep_infomax(method.local_encoder(local), method.global_encoder(features), estimator="jsd")
-    assert local.shape == (32, encoder.out_dim, 2, 2) and torch.allclose(features, encoder(x), atol=1e-5)
+    layer2 = encoder.layers[1](encoder.layers[0](encoder.stem(x)))  # the local map: stage 1 of 4, 8x8 at 16 px
+    assert torch.allclose(local, layer2, atol=1e-6) and local.shape == (32, 8, 8, 8)
+    assert torch.allclose(features, encoder(x), atol=1e-5)
     assert out.features.shape == (32, encoder.out_dim) and out.embeddings[0].shape == (32, 16)
     assert torch.isfinite(out.loss) and out.loss.item() == pytest.approx(
         (expected.item() + deep_infomax(*_encoded(method, x.flip(3))).item()) / 2, rel=1e-4
@@ -163,7 +165,10 @@ def _encoded(method: DeepInfoMax, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     return method.local_encoder(local), method.global_encoder(features)
 
 
-def test_dim_rejects_an_encoder_without_feature_map():
+def test_dim_rejects_an_encoder_without_feature_maps_and_a_local_stage_that_is_the_last():
     info = RunInfo(8, 4, 0, 1, 1, 1, 16)
-    with pytest.raises(ValueError, match="forward_features"):
-        DeepInfoMax(torch.nn.Linear(4, 8), {"head": {"mi_units": 8}, "loss": {}}, info)
+    with pytest.raises(ValueError, match="feature_maps"):
+        DeepInfoMax(torch.nn.Linear(4, 8), {"head": {"mi_units": 8, "local_stage": 1}, "loss": {}}, info)
+    for stage in (3, -1, 4, -5):
+        with pytest.raises(ValueError, match=f"head.local_stage={stage}: the backbone has 4 stages"):
+            DeepInfoMax(resnet18(width=4, in_channels=1), {"head": {"mi_units": 8, "local_stage": stage}, "loss": {}}, info)

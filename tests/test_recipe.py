@@ -53,6 +53,21 @@ def test_a_short_run_on_digits_is_fitted_and_says_why():
     assert describe(build_config("byol", methods.preset("byol"), "cifar")) is None
 
 
+def test_a_short_adam_run_gets_a_learning_rate_that_moves_its_weights():
+    """DIM's 1e-4 over 20 epochs of digits (batch 64: 19 steps an epoch, cosine) sums to 0.019: raised to Adam's
+    default; over 200 epochs to 0.19: raised 5.3 times, to where the sum is 1.
+    W-MSE's 3e-3 already sums to more than 1 in 80 steps: left alone; so is DIM over 50 CIFAR epochs."""
+    dim = make_config("dim", "digits", digits().pretrain, assignments=["train.epochs=20"])
+    assert dim["optim"]["lr"] == 1e-3 and dim["recipe"]["changes"]["optim.lr"]["preset"] == 1e-4
+    assert "moves at most 0.019 in 380 steps" in dim["recipe"]["changes"]["optim.lr"]["why"]
+    longer = make_config("dim", "digits", digits().pretrain, assignments=["train.epochs=200"])
+    assert longer["optim"]["lr"] == pytest.approx(1e-4 / 0.19, rel=1e-2)
+    wmse = make_config("wmse", "digits", digits().pretrain, assignments=["train.epochs=20"])
+    assert wmse["optim"]["lr"] == 3e-3 and "optim.lr" not in wmse["recipe"]["changes"]
+    assert make_config("dim", "cifar", images(50_000, 32), assignments=["train.epochs=50"])["optim"]["lr"] == 1e-4
+    assert make_config("dim", "digits", digits().pretrain, assignments=["train.epochs=20", "optim.lr=1e-4"])["optim"]["lr"] == 1e-4
+
+
 def test_what_the_user_set_is_never_touched():
     settings = ["train.epochs=20", "optim.warmup_epochs=5", "eval.knn_k=200", "views.preset=grayscale",
                 "head.queue_size=1024"]

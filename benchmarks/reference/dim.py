@@ -1,14 +1,16 @@
 """Deep InfoMax, local objective (Hjelm et al., ICLR 2019, Eq. 4-5 and 8).
 
-    M = C(x): local feature map [C, h, w];  Y = E(x) = pool(M): the global representation [D]
+    M = C(x): local feature map [C, h, w] from the middle of the trunk (the authors' rdevon/DIM takes it
+        after two of its three conv stages, cortex_DIM/configs/convnets.py local_task_idx);
+    Y = E(x) = pool(f(M)): the global representation [D], the trunk's last stages f on top of M
     T(M_ij, Y) = phi(M_ij) . psi(Y)                         ("encode-and-dot-product" critic)
     I_JSD = E_P[-softplus(-T(M_ij, Y))] - E_N[softplus(T(M_ij, Y'))],  Y' of another image
     L = -mean_ij I_JSD                 (positives: own image; negatives: the other images of the batch)
 
 Paper: local DIM (alpha 0, beta 1) with 1x1-conv phi and an MLP psi, 2048 units; Adam lr 1e-4,
 batch 64; the prior-matching term (gamma) is left out here (it regularises the code's
-distribution, not what kNN reads). Short run: batch 128; one augmented view; critic width
-max(512, 2048 x D / 2048).
+distribution, not what kNN reads). Short run: batch 128; Adam's default lr 1e-3 (the authors' 1e-4
+moves a weight by at most 0.02 in 200 steps); one augmented view; critic width max(512, 2048 x D / 2048).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from .common import Recipe, Reference, Run, head_width, mlp
 
-RECIPE = Recipe("adam", lr=1e-4, scaling="none", weight_decay=0.0, batch_size=128)
+RECIPE = Recipe("adam", lr=1e-3, scaling="none", weight_decay=0.0, batch_size=128)
 
 
 def jsd_loss(scores):
@@ -31,9 +33,9 @@ def jsd_loss(scores):
 
 @torch.no_grad()
 def local_channels(backbone, run: Run) -> int:
-    """Channels of the backbone's last feature map (one eval-mode pass, BN statistics untouched)."""
+    """Channels of the backbone's second stage map (one eval-mode pass, BN statistics untouched)."""
     backbone.eval()
-    channels = backbone.forward_features(torch.zeros(1, run.channels, run.image_size, run.image_size)).shape[1]
+    channels = backbone.feature_maps(torch.zeros(1, run.channels, run.image_size, run.image_size))[1].shape[1]
     backbone.train()
     return channels
 
@@ -49,8 +51,9 @@ class DeepInfoMax(Reference):
         self.global_critic = mlp([run.feature_dim, width, width], hidden_bn=False)
 
     def loss(self, views, indices, labels):
-        local = self.backbone.forward_features(views[0])
-        y = self.backbone.pool(local).flatten(1)  # the backbone's own representation of the map
+        maps = self.backbone.feature_maps(views[0])
+        local = maps[1]
+        y = self.backbone.pool(maps[-1]).flatten(1)  # the backbone's own representation
         phi = self.local_critic(local).flatten(2)  # B x W x L
         psi = self.global_critic(y)  # B x W
         return jsd_loss(torch.einsum("awl,bw->abl", phi, psi))

@@ -1,10 +1,16 @@
 """Deep InfoMax, local objective (Hjelm et al. 2019): the global vector of an image must tell its
 own local features apart from those of other images.
 
-    C = E_local(x)          [B, C, h, w] feature map (ResNet ``forward_features``)
-    Y = pool(C)             [B, D] the representation users keep
+    C = E_local(x)          [B, C, h, w] a stage's map from the middle of the trunk (``head.local_stage``)
+    Y = pool(E_rest(C))     [B, D] the last stages on top of C, pooled: the representation users keep
     T(C_ij, Y) = phi_local(C)_ij . phi_global(Y)     encode-and-dot-product critic (Appendix A.2)
     L = mean over views of deep_infomax(phi_local(C), phi_global(Y), estimator)   (JSD, eq. 4; or infoNCE, eq. 5)
+
+The local map comes from the middle of the encoder, as in the authors' code (rdevon/DIM,
+cortex_DIM/configs/convnets.py and resnets.py ``local_task_idx``: after two of three conv stages, 8x8
+at 32 px), not from its last map: with Y a plain pooling of C, an image's own local features are the
+terms of its global vector, and matching them needs nothing the encoder has to learn. Stage 1 of the
+four-stage backbones (ResNet ``layer2``, the convnet's second block) is the default.
 
 phi_local is a 1x1-conv residual block, phi_global an MLP residual block, both to ``mi_units``
 with a final LayerNorm on the local side, as the authors' code (rdevon/DIM, mi_networks.py).
@@ -58,29 +64,33 @@ class DeepInfoMax(Method):
 
     def __init__(self, encoder: nn.Module, cfg: dict, info: RunInfo):
         super().__init__(encoder, cfg, info)
-        if not hasattr(encoder, "forward_features"):
-            raise ValueError("dim needs an encoder with forward_features(x) -> [B, C, h, w]; use a resnet backbone")
+        if not hasattr(encoder, "feature_maps"):
+            raise ValueError("dim needs an encoder with feature_maps(x) -> its stages' [B, C, h, w] maps; "
+                             "use a resnet or convnet backbone")
         units = int(cfg["head"]["mi_units"])
-        self.local_encoder = LocalEncoder(self._local_channels(encoder, info), units)
+        self.local_stage = int(cfg["head"]["local_stage"])
+        self.local_encoder = LocalEncoder(self._local_channels(encoder, info, self.local_stage), units)
         self.global_encoder = GlobalEncoder(info.feature_dim, units)
 
     @staticmethod
     @torch.no_grad()
-    def _local_channels(encoder: nn.Module, info: RunInfo) -> int:
+    def _local_channels(encoder: nn.Module, info: RunInfo, stage: int) -> int:
         was_training = encoder.training
         encoder.eval()
         probe = torch.zeros(2, info.channels, info.input_size, info.input_size, device=next(encoder.parameters()).device)
-        shape = encoder.forward_features(probe).shape
+        maps = encoder.feature_maps(probe)
         encoder.train(was_training)
+        if not -len(maps) <= stage < len(maps) - 1 or stage == -1:
+            raise ValueError(f"head.local_stage={stage}: the backbone has {len(maps)} stages and the local map must come "
+                             f"before the last; use 0 to {len(maps) - 2}")
+        shape = maps[stage].shape
         if len(shape) != 4:
-            raise ValueError(f"dim needs a [B, C, h, w] feature map from forward_features, got {tuple(shape)}; use a resnet")
+            raise ValueError(f"dim needs [B, C, h, w] stage maps from feature_maps, got {tuple(shape)}; use a resnet")
         return shape[1]
 
     def _represent(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        local = self.encoder.forward_features(x)
-        pool = getattr(self.encoder, "pool", None)
-        features = pool(local).flatten(1) if pool is not None else self.encoder(x)
-        return local, features
+        maps = self.encoder.feature_maps(x)
+        return maps[self.local_stage], self.encoder.pool(maps[-1]).flatten(1)
 
     def forward(self, views: list[Tensor], labels: Tensor | None = None, indices: Tensor | None = None) -> StepOutput:
         losses, features, embeddings = [], [], []

@@ -25,16 +25,17 @@ class ConvNet(nn.Module):
         super().__init__()
         if width < 1:
             raise ValueError(f"backbone.width must be a positive number of channels, got {width}")
-        layers: list[nn.Module] = []
+        blocks: list[nn.Module] = []
         channels, side = in_channels, input_size
         for i, out_channels in enumerate((width, 2 * width, 4 * width, 8 * width)):
-            layers += [nn.Conv2d(channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels),
-                       nn.ReLU(inplace=True)]
+            block = [nn.Conv2d(channels, out_channels, 3, 1, 1, bias=False), nn.BatchNorm2d(out_channels),
+                     nn.ReLU(inplace=True)]
             if i in (1, 2) and side >= 8:
-                layers.append(nn.MaxPool2d(2))
+                block.append(nn.MaxPool2d(2))
                 side //= 2
+            blocks.append(nn.Sequential(*block))
             channels = out_channels
-        self.features = nn.Sequential(*layers)
+        self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(GRID)
         self.out_dim = channels * GRID * GRID
         for m in self.modules():
@@ -42,8 +43,16 @@ class ConvNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The last block's feature map [B, out_dim, h, w] (Deep InfoMax's local features)."""
+        """The last block's feature map [B, 8 width, h, w]."""
         return self.features(x)
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """Every block's output map, first to last (Deep InfoMax takes its local features from one)."""
+        maps = []
+        for block in self.features:
+            x = block(x)
+            maps.append(x)
+        return maps
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.features(x)).flatten(1)

@@ -108,8 +108,17 @@ class ResNet(nn.Module):
                     nn.init.zeros_(last_bn.weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The last stage's feature map [B, out_dim, h, w] (Deep InfoMax's local features)."""
+        """The last stage's feature map [B, out_dim, h, w]."""
         return self.layers(self.stem(x))
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        """Every stage's output map, first to last (Deep InfoMax takes its local features from one)."""
+        maps = []
+        x = self.stem(x)
+        for stage in self.layers:
+            x = stage(x)
+            maps.append(x)
+        return maps
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.forward_features(x)).flatten(1)

@@ -33,6 +33,8 @@ IMAGES_PER_PROTOTYPE = 16  # solo-learn's CIFAR-10 SwAV: 3000 prototypes for 50,
 PROTOTYPE_FREEZE_FRACTION = 0.05  # prototypes frozen at most this fraction of the run
 LARS_MIN_TRAVEL = 10.0  # weight norms an unclipped-LARS layer can travel over the run, at least
 LARS_SHORT_RUN_ETA = 0.02  # the largest trust coefficient of any preset (solo-learn's)
+ADAM_MIN_TRAVEL = 1.0  # the sum of Adam's lr over the run (how far one weight can move), at least
+ADAM_DEFAULT_LR = 1e-3  # Kingma & Ba's default: a short run's lr is raised up to it, never above
 MIN_BN_GROUP = 32  # samples per batch-norm group (MoCo v1 Sec. 3.3: 8 GPUs x 32 images)
 KNN_CLASS_FRACTION = 0.15  # InstDisc's k = 200 is ~16 % of an ImageNet class (1,281 images)
 
@@ -179,13 +181,8 @@ def lars_trust(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]
     optim = cfg["optim"]
     if optim.get("name") != "lars" or size.steps <= 0:
         return {}
-    scale = cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
-    warmup_steps = optim.get("warmup_epochs", 0) * size.steps / max(size.epochs, 1)
-    lr_sum = optim["lr"] * scale * sum(
-        warmup_cosine(step, size.steps, warmup_steps, optim.get("min_lr_ratio", 0.0)) for step in range(size.steps)
-    )
     eta = optim.get("lars_eta", 0.001)
-    travel = eta * lr_sum / (1.0 - optim.get("momentum", 0.9))
+    travel = eta * lr_sum(cfg, size) / (1.0 - optim.get("momentum", 0.9))
     if travel >= LARS_MIN_TRAVEL:
         return {}
     why = f"at eta {eta} a layer travels at most {travel:.2g} weight norms in {size.steps} steps (< {LARS_MIN_TRAVEL:g})"
@@ -193,6 +190,37 @@ def lars_trust(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]
     if optim.get("lars_clip"):
         out["optim.lars_clip"] = (False, why + "; the clip caps each step at SGD's lr_t ||g||")
     return out
+
+
+def adam_travel(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
+    """Adam in a run too short to move the weights: lr raised until the run's sum of lr reaches
+    ``ADAM_MIN_TRAVEL``, but never above Adam's default 1e-3.
+
+    Adam moves each weight by about lr_t a step whatever the gradient's scale, so sum_t lr_t bounds how far
+    a weight travels: 39 in Deep InfoMax's 1000 CIFAR epochs at the authors' lr 1e-4 (cosine), 0.019 in 20
+    epochs of the 1,257 digits, where a kaiming-initialised 3x3 conv weight of 64 channels is about 0.06 from zero.
+    """
+    optim = cfg["optim"]
+    if optim.get("name") not in ("adam", "adamw") or size.steps <= 0:
+        return {}
+    travel = lr_sum(cfg, size)
+    scale = cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
+    factor = min(ADAM_MIN_TRAVEL / travel, ADAM_DEFAULT_LR / (optim["lr"] * scale))
+    if factor <= 1.0:
+        return {}
+    why = (f"at lr {optim['lr']:g} a weight moves at most {travel:.2g} in {size.steps} steps "
+           f"(< {ADAM_MIN_TRAVEL:g}); raised towards Adam's default {ADAM_DEFAULT_LR:g}")
+    return {"optim.lr": (float(f"{optim['lr'] * factor:.3g}"), why)}
+
+
+def lr_sum(cfg: dict[str, Any], size: RunSize) -> float:
+    """The sum of the run's learning rates over its steps: the scaled base lr times its warm-up/cosine factors."""
+    optim = cfg["optim"]
+    scale = cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
+    warmup_steps = optim.get("warmup_epochs", 0) * size.steps / max(size.epochs, 1)
+    return optim["lr"] * scale * sum(
+        warmup_cosine(step, size.steps, warmup_steps, optim.get("min_lr_ratio", 0.0)) for step in range(size.steps)
+    )
 
 
 def batchnorm_groups(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
@@ -302,7 +330,7 @@ def grayscale_views(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, 
 
 
 RULES: tuple[Rule, ...] = (
-    small_image_backbone, batch_size, warmup, lars_trust, ema_momentum, batchnorm_groups, memory_sizes, prototypes,
+    small_image_backbone, batch_size, warmup, lars_trust, adam_travel, ema_momentum, batchnorm_groups, memory_sizes, prototypes,
     cpc_patch_grid, knn_neighbours, grayscale_views,
 )
 
