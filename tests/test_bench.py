@@ -44,6 +44,25 @@ def test_moco_backbone_work_is_a_trained_query_pass_and_a_key_forward():
     assert sum(p.inputs.shape[0] for p in trained) == sum(p.inputs.shape[0] for p in keys)
 
 
+def test_deep_infomax_backbone_work_is_its_stage_map_passes_which_replay_answers():
+    """DIM reads every stage's map (``feature_maps``), not the pooled output: one trained pass per view."""
+    from selfsup.train.bench import replaying
+
+    views, passes = _passes("dim")
+    assert [p.with_grad for p in passes] == [True, True] and all(isinstance(p.outputs, list) for p in passes)
+    for p, view in zip(passes, views):
+        assert torch.equal(p.inputs, view) and len(p.outputs) == 4
+    data = synthetic_images(32)
+    model = build_method(make_config("dim", "synthetic", data, assignments=TINY), data, steps_per_epoch=2)
+    with replaying(model, passes):
+        maps = model.encoder.feature_maps(views[1] * 0)
+        assert model.encoder(views[0] * 0) is not None and "feature_maps" in vars(model.encoder)
+    assert "feature_maps" not in vars(model.encoder)
+    assert all(torch.equal(a, b) and a.requires_grad for a, b in zip(maps, passes[0].outputs))
+    assert bench("dim", batch_size=8, steps=1, warmup=1, device="cpu", assignments=TINY)["backbone_passes"] == (
+        ["fwd+bwd 8x3x32x32"] * 2)
+
+
 def test_bench_reports_both_ratios():
     result = bench("byol", batch_size=8, steps=1, warmup=1, device="cpu", assignments=TINY)
     assert result["overhead"] == pytest.approx(result["step_ms"] / result["backbone_ms"])

@@ -190,6 +190,22 @@ def test_finetuning_on_one_percent_of_digits_uses_the_pretraining(run):
     assert record["top1"] > 0.4
 
 
+def test_the_finetuning_benchmark_prints_the_run_beside_a_random_init(run, monkeypatch, capsys):
+    """benchmarks/finetune.py: one markdown row per label setting, both top-1s from the same recipe and subset."""
+    from benchmarks import finetune as benchmark
+
+    monkeypatch.setattr(sys, "argv", ["finetune.py", "--run", str(run), "--labels", "10"])
+    benchmark.main()
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")[1:-1]
+    data, labels, images, steps, trained, scratch, difference = (cell.strip() for cell in row[:7])
+    assert (data, labels, images, steps) == ("digits", "10", "10", str(paper_steps(10 / 1257)))
+    assert float(difference) == pytest.approx(float(trained) - float(scratch), abs=1.5e-3)
+    pretrained = json.loads((run / "eval" / "finetune-digits-10.json").read_text())
+    baseline = json.loads((run / "eval" / "random-init" / "eval" / "finetune-digits-10.json").read_text())
+    assert pretrained["indices"] == baseline["indices"] and pretrained["recipe"] == baseline["recipe"]
+    assert float(trained) == pytest.approx(pretrained["top1"], abs=5e-4)
+
+
 def test_transfer_to_another_dataset_scores_knn_linear_and_finetuning(run, photo_crops):
     spec = f"folder:{photo_crops / 'gray'}"
     result = evaluate_run(run, "all", labels="10", data=spec)

@@ -9,8 +9,9 @@
 
 Paper: local DIM (alpha 0, beta 1) with 1x1-conv phi and an MLP psi, 2048 units; Adam lr 1e-4,
 batch 64; the prior-matching term (gamma) is left out here (it regularises the code's
-distribution, not what kNN reads). Short run: batch 128; Adam's default lr 1e-3 (the authors' 1e-4
-moves a weight by at most 0.02 in 200 steps); one augmented view; critic width max(512, 2048 x D / 2048).
+distribution, not what kNN reads). Short run: batch 128; one augmented view; critic width
+max(512, 2048 x D / 2048); the authors' lr 1e-4 (on digits, 20 epochs, seed 0, kNN@200: 0.854 at 1e-4,
+0.802 at 3e-4, 0.694 at 1e-3, against 0.869 untrained).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from torch import nn
 
 from .common import Recipe, Reference, Run, head_width, mlp
 
-RECIPE = Recipe("adam", lr=1e-3, scaling="none", weight_decay=0.0, batch_size=128)
+LOCAL_STAGE = 2  # of the four stages: 8x8 at 32 px, the size of the authors' local map
+
+RECIPE = Recipe("adam", lr=1e-4, scaling="none", weight_decay=0.0, batch_size=128)
 
 
 def jsd_loss(scores):
@@ -33,9 +36,9 @@ def jsd_loss(scores):
 
 @torch.no_grad()
 def local_channels(backbone, run: Run) -> int:
-    """Channels of the backbone's second stage map (one eval-mode pass, BN statistics untouched)."""
+    """Channels of the backbone's stage-2 map (one eval-mode pass, BN statistics untouched)."""
     backbone.eval()
-    channels = backbone.feature_maps(torch.zeros(1, run.channels, run.image_size, run.image_size))[1].shape[1]
+    channels = backbone.feature_maps(torch.zeros(1, run.channels, run.image_size, run.image_size))[LOCAL_STAGE].shape[1]
     backbone.train()
     return channels
 
@@ -52,7 +55,7 @@ class DeepInfoMax(Reference):
 
     def loss(self, views, indices, labels):
         maps = self.backbone.feature_maps(views[0])
-        local = maps[1]
+        local = maps[LOCAL_STAGE]
         y = self.backbone.pool(maps[-1]).flatten(1)  # the backbone's own representation
         phi = self.local_critic(local).flatten(2)  # B x W x L
         psi = self.global_critic(y)  # B x W

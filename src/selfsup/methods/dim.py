@@ -9,8 +9,9 @@ own local features apart from those of other images.
 The local map comes from the middle of the encoder, as in the authors' code (rdevon/DIM,
 cortex_DIM/configs/convnets.py and resnets.py ``local_task_idx``: after two of three conv stages, 8x8
 at 32 px), not from its last map: with Y a plain pooling of C, an image's own local features are the
-terms of its global vector, and matching them needs nothing the encoder has to learn. Stage 1 of the
-four-stage backbones (ResNet ``layer2``, the convnet's second block) is the default.
+terms of its global vector, and matching them needs nothing the encoder has to learn. The presets take
+stage 2 of the four-stage backbones (ResNet ``layer3``, the convnet's third block: 8x8 at 32 px, as the
+authors' map). Its cost is the 1x1 convs over every cell: ``mi_units`` squared per cell, 4x more at stage 1.
 
 phi_local is a 1x1-conv residual block, phi_global an MLP residual block, both to ``mi_units``
 with a final LayerNorm on the local side, as the authors' code (rdevon/DIM, mi_networks.py).

@@ -2,7 +2,7 @@
 
 step_ms: one full training step (views, method forward/backward, optimizer, EMA/queue updates, probe).
 backbone_ms: the same backbone passes the method makes, with nothing else: every encoder call the
-method performs in a step (recorded by forward hooks on the encoder and its momentum copies) is
+method performs in a step (recorded by forward hooks on the encoder and its momentum copies, and its ``feature_maps`` calls) is
 replayed on the bare encoder with the same inputs, with gradient where the method had it, followed by
 backward and an SGD step. overhead = step_ms / backbone_ms is what the machinery (views, heads,
 losses, optimizer, EMA, queues) costs on top of the backbone work the algorithm itself requires.
@@ -56,11 +56,15 @@ def synthetic_images(num: int, size: int = 32, channels: int = 3, classes: int =
 
 @dataclass
 class BackbonePass:
-    """One encoder call of a method step: its input, its output and whether it ran with gradient."""
+    """One encoder call of a method step: its input, its output (the stage maps for ``feature_maps``) and
+    whether it ran with gradient."""
 
     inputs: Tensor
     with_grad: bool
-    outputs: Tensor | None = None
+    outputs: Tensor | list[Tensor] | None = None
+
+
+STAGE_CALL = "feature_maps"  # a whole backbone pass that returns every stage's map (Deep InfoMax)
 
 
 def encoder_modules(model: nn.Module) -> list[nn.Module]:
@@ -73,18 +77,24 @@ def replaying(model: nn.Module, passes: list[BackbonePass]) -> Iterator[None]:
     """Within the block, encoder calls return the recorded outputs of ``passes`` in order, without running."""
     replay = iter(passes)
 
-    def recorded(*args: Any, **kwargs: Any) -> Tensor:
+    def recorded(*args: Any, **kwargs: Any) -> Tensor | list[Tensor]:
         backbone_pass = next(replay)
+        if isinstance(backbone_pass.outputs, list):
+            return [m.detach().requires_grad_(backbone_pass.with_grad) for m in backbone_pass.outputs]
         return backbone_pass.outputs.detach().requires_grad_(backbone_pass.with_grad)
 
     encoders = encoder_modules(model)
     for module in encoders:
         module.forward = recorded
+        if hasattr(module, STAGE_CALL):
+            setattr(module, STAGE_CALL, recorded)
     try:
         yield
     finally:
         for module in encoders:
             del module.forward
+            if STAGE_CALL in vars(module):
+                delattr(module, STAGE_CALL)
 
 
 def record_backbone_passes(model: nn.Module, run_step: Callable[[], None]) -> list[BackbonePass]:
@@ -95,12 +105,29 @@ def record_backbone_passes(model: nn.Module, run_step: Callable[[], None]) -> li
         with_grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
         passes.append(BackbonePass(args[0].detach().clone(), with_grad, output.detach().clone()))
 
-    handles = [m.register_forward_hook(hook) for m in encoder_modules(model)]
+    def stage_call(module: nn.Module) -> Callable[[Tensor], list[Tensor]]:
+        original = getattr(module, STAGE_CALL)
+
+        def recording(x: Tensor) -> list[Tensor]:
+            maps = original(x)
+            with_grad = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+            passes.append(BackbonePass(x.detach().clone(), with_grad, [m.detach().clone() for m in maps]))
+            return maps
+        return recording
+
+    encoders = encoder_modules(model)
+    handles = [m.register_forward_hook(hook) for m in encoders]
+    for module in encoders:
+        if hasattr(module, STAGE_CALL):
+            setattr(module, STAGE_CALL, stage_call(module))
     try:
         run_step()
     finally:
         for handle in handles:
             handle.remove()
+        for module in encoders:
+            if STAGE_CALL in vars(module):
+                delattr(module, STAGE_CALL)
     if not any(p.with_grad for p in passes):
         raise ValueError(f"{type(model).__name__} made no encoder call with gradient: nothing to compare with")
     return passes

@@ -73,15 +73,7 @@ def evaluate_run(
     cfg, encoder, trained_on = load_run(run)
     device = resolve_device(cfg["train"]["device"])
     encoder.to(device)
-    if data is None or data == cfg["data"]["spec"]:
-        datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
-        train, test = datasets.train, datasets.test
-        k = cfg["eval"]["knn_k"]
-    else:
-        options = {"image_size": trained_on.input_size, "on_error": cfg["data"].get("on_error", "stop")}
-        train, test = (_matching(load_dataset(data, data_dir, split, **options), trained_on, data, cfg)
-                       for split in ("train", "test"))
-        k = transfer_k(train)
+    train, test, k = evaluation_data(cfg, trained_on, data, data_dir)
     results: dict[str, Any] = {"data": data or cfg["data"]["spec"]}
     if protocol != "finetune":
         scores, _, _ = score_encoder(
@@ -97,6 +89,20 @@ def evaluate_run(
         results["finetune_subset"] = outcome["subset"]
     _merge_summary(Path(run), results, transfer=results["data"] != cfg["data"]["spec"])
     return results
+
+
+def evaluation_data(
+    cfg: dict[str, Any], trained_on: ArrayDataset, data: str | None = None, data_dir: str | None = None
+) -> tuple[ArrayDataset, ArrayDataset, int]:
+    """The train and test splits a run is scored on, and kNN's k: the run's own data, or ``data`` (transfer)
+    in the form the run's encoder takes."""
+    if data is None or data == cfg["data"]["spec"]:
+        datasets = load_datasets(cfg["data"]["spec"], cfg["data"]["dir"], cfg["data"])
+        return datasets.train, datasets.test, cfg["eval"]["knn_k"]
+    options = {"image_size": trained_on.input_size, "on_error": cfg["data"].get("on_error", "stop")}
+    train, test = (_matching(load_dataset(data, data_dir, split, **options), trained_on, data, cfg)
+                   for split in ("train", "test"))
+    return train, test, transfer_k(train)
 
 
 def transfer_k(train: ArrayDataset) -> int:

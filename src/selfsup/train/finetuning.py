@@ -104,7 +104,7 @@ def finetune(
                    **recipe.as_dict()},
         "indices": indices.tolist(),
     })
-    return {"top1": top1, "labelled_images": total, "subset": str(result_file)}
+    return {"top1": top1, "labelled_images": total, "steps": recipe.steps, "subset": str(result_file)}
 
 
 def _slug(text: str) -> str:
