@@ -197,6 +197,23 @@ def test_instdisc_estimates_the_partition_function_from_each_steps_noise():
         method.bank.update(idx + start, torch.ones_like(v), momentum=0.0)  # a bank far from uniform: Z must follow
 
 
+def test_instdisc_without_noise_samples_is_the_exact_softmax_over_the_bank():
+    """noise_samples 0 (the authors' --nce-k 0): L = -mean_i log exp(v_i . v / t) / sum_j exp(v_j . v / t), all N entries."""
+    method = tiny("instdisc", noise_samples=0)
+    views, _ = pool()
+    idx = torch.arange(BATCH) + 3
+    bank = method.bank.vectors.clone()
+    out = method([v[idx] for v in views], indices=idx)
+    v = out.embeddings[0].detach().double()
+    t = method.cfg["loss"]["temperature"]
+    scores = torch.exp(v @ bank.double().T / t)
+    expected = -torch.log(scores[torch.arange(BATCH), idx] / scores.sum(1)).mean()
+    assert out.metrics["nce"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)  # no proximal term by default
+    out.loss.backward()
+    assert method.projector.weight.grad.abs().sum() > 0
+
+
 def test_instdisc_can_freeze_the_partition_function_at_its_first_batch_value():
     method = tiny("instdisc", partition_estimate="first_batch")
     views, _ = pool()

@@ -102,7 +102,8 @@ def test_memories_prototypes_and_patches_shrink_with_the_data():
     swav = make_config("swav", "digits", data, assignments=["train.epochs=20"])
     assert swav["head"]["num_prototypes"] == 1257 // 16 and swav["head"]["queue_size"] == 0
     assert make_config("deepclusterv2", "digits", data)["head"]["num_prototypes"] == [78, 78, 78]
-    assert make_config("instdisc", "digits", data)["head"]["noise_samples"] == 1257 // 4
+    instdisc = make_config("instdisc", "digits", data)
+    assert instdisc["head"]["noise_samples"] == 0 and "exact softmax" in instdisc["recipe"]["changes"]["head.noise_samples"]["why"]
     cpc = make_config("cpc", "digits", data)["head"]
     assert (cpc["patch_size"], cpc["patch_stride"], cpc["prediction_steps"]) == (4, 2, 2)
 

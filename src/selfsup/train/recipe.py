@@ -237,10 +237,13 @@ def batchnorm_groups(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any,
 
 
 def memory_sizes(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:
-    """MoCo's queue, AdCo's negatives, InstDisc's noise samples: at most a quarter of the dataset.
+    """MoCo's queue, AdCo's negatives: at most a quarter of the dataset. InstDisc's noise samples above
+    that: the exact softmax over the whole bank instead (``noise_samples: 0``, the authors' ``--nce-k 0``).
 
     A queue as long as the dataset holds each image's own older keys as negatives; the papers'
-    memories are 5-16 % of theirs (4096 / 50,000 on CIFAR, 65,536 / 1.28M on ImageNet).
+    memories are 5-16 % of theirs (4096 / 50,000 on CIFAR, 65,536 / 1.28M on ImageNet). NCE's noise
+    samples stand in for a sum over the bank that is too large to compute; a bank of a few thousand
+    entries costs less to sum over exactly than to sample, and has no estimator error.
     """
     batch = cfg["train"]["batch_size"]
     cap = int(MEMORY_FRACTION * size.samples)
@@ -249,7 +252,11 @@ def memory_sizes(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str
         value = cfg["head"].get(key)
         if not isinstance(value, int) or value <= cap or (key == "queue_size" and cfg["method"] == "swav"):
             continue
-        fitted = max(batch, cap // batch * batch) if key != "noise_samples" else max(cap, 1)
+        if key == "noise_samples":
+            out["head.noise_samples"] = (0, f"{value} noise samples exceed {MEMORY_FRACTION:.0%} of the "
+                                            f"{size.samples} images: the exact softmax over the bank (0)")
+            continue
+        fitted = max(batch, cap // batch * batch)
         out[f"head.{key}"] = (fitted, f"{value} exceeds {MEMORY_FRACTION:.0%} of the {size.samples} images")
         if key == "num_negatives" and "negatives_lr" in cfg["head"]:
             lr = float(f"{cfg['head']['negatives_lr'] * fitted / value:.3g}")
