@@ -169,6 +169,12 @@ CASES: dict[str, Case] = {
     "too few labels per class": Case(
         lambda c, r: ["eval", "--run", str(copy_run(r, c)), "--protocol", "finetune", "--labels", "0.5%"],
         "--labels 0.5% is 6 of 1257 labelled images, fewer than one per class"),
+    "dim on a backbone without stages": Case(
+        lambda c, r: ["train", "--method", "dim", "--data", "digits", "--backbone", "vit_tiny", "--out", str(c / "run")],
+        "dim needs an encoder with feature_maps(x)"),
+    "dim's local map at the last stage": Case(
+        lambda c, r: ["train", "--method", "dim", "--data", "digits", "--out", str(c / "run"), "--set",
+                      "head.local_stage=3"], "head.local_stage=3: the backbone has 4 stages"),
     "unknown backbone": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--backbone", "resnet19"],
                              "unknown backbone 'resnet19'; choose one of: resnet18"),
     "unknown backbone library": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--backbone", "keras:resnet50"],
