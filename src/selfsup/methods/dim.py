@@ -81,9 +81,10 @@ class DeepInfoMax(Method):
         probe = torch.zeros(2, info.channels, info.input_size, info.input_size, device=next(encoder.parameters()).device)
         maps = encoder.feature_maps(probe)
         encoder.train(was_training)
-        if not -len(maps) <= stage < len(maps) - 1 or stage == -1:
+        last = len(maps) - 1
+        if not 0 <= (stage + len(maps) if stage < 0 else stage) < last:
             raise ValueError(f"head.local_stage={stage}: the backbone has {len(maps)} stages and the local map must come "
-                             f"before the last; use 0 to {len(maps) - 2}")
+                             f"before the last; use 0 to {last - 1}")
         shape = maps[stage].shape
         if len(shape) != 4:
             raise ValueError(f"dim needs [B, C, h, w] stage maps from feature_maps, got {tuple(shape)}; use a resnet")

@@ -114,5 +114,5 @@ class SwAV(Method):
             length = self.queue.shape[1]
             self.queue.copy_(torch.cat([new, self.queue], dim=1)[:, :length])
             self.queue_filled = min(self.queue_filled + new.shape[1], length)
-            self._queue_full = self.queue_filled == length
+            self._set_queue_flags()
             self._to_enqueue = None

@@ -93,8 +93,14 @@ def replaying(model: nn.Module, passes: list[BackbonePass]) -> Iterator[None]:
     finally:
         for module in encoders:
             del module.forward
-            if STAGE_CALL in vars(module):
-                delattr(module, STAGE_CALL)
+        _restore_stage_calls(encoders)
+
+
+def _restore_stage_calls(encoders: list[nn.Module]) -> None:
+    """Drop the instance's ``feature_maps`` stand-in, so the class's method answers again."""
+    for module in encoders:
+        if STAGE_CALL in vars(module):
+            delattr(module, STAGE_CALL)
 
 
 def record_backbone_passes(model: nn.Module, run_step: Callable[[], None]) -> list[BackbonePass]:
@@ -125,9 +131,7 @@ def record_backbone_passes(model: nn.Module, run_step: Callable[[], None]) -> li
     finally:
         for handle in handles:
             handle.remove()
-        for module in encoders:
-            if STAGE_CALL in vars(module):
-                delattr(module, STAGE_CALL)
+        _restore_stage_calls(encoders)
     if not any(p.with_grad for p in passes):
         raise ValueError(f"{type(model).__name__} made no encoder call with gradient: nothing to compare with")
     return passes

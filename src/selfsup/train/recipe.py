@@ -204,8 +204,7 @@ def adam_travel(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]
     if optim.get("name") not in ("adam", "adamw") or size.steps <= 0:
         return {}
     travel = lr_sum(cfg, size)
-    scale = cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
-    factor = min(ADAM_MIN_TRAVEL / travel, ADAM_DEFAULT_LR / (optim["lr"] * scale))
+    factor = min(ADAM_MIN_TRAVEL / travel, ADAM_DEFAULT_LR / scaled_lr(cfg))
     if factor <= 1.0:
         return {}
     why = (f"at lr {optim['lr']:g} a weight moves at most {travel:.2g} in {size.steps} steps "
@@ -213,12 +212,17 @@ def adam_travel(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]
     return {"optim.lr": (float(f"{optim['lr'] * factor:.3g}"), why)}
 
 
+def scaled_lr(cfg: dict[str, Any]) -> float:
+    """The peak lr the optimizer gets: the preset's, times batch / 256 where ``optim.scale_lr`` (the default)."""
+    optim = cfg["optim"]
+    return optim["lr"] * (cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0)
+
+
 def lr_sum(cfg: dict[str, Any], size: RunSize) -> float:
     """The sum of the run's learning rates over its steps: the scaled base lr times its warm-up/cosine factors."""
     optim = cfg["optim"]
-    scale = cfg["train"]["batch_size"] / 256 if optim.get("scale_lr", True) else 1.0
     warmup_steps = optim.get("warmup_epochs", 0) * size.steps / max(size.epochs, 1)
-    return optim["lr"] * scale * sum(
+    return scaled_lr(cfg) * sum(
         warmup_cosine(step, size.steps, warmup_steps, optim.get("min_lr_ratio", 0.0)) for step in range(size.steps)
     )
 
