@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from selfsup import methods
+from selfsup.commands.evaluation import random_init_knn
 from selfsup.data import load_dataset
 from selfsup.data.base import ArrayDataset
-from selfsup.train.evaluation import random_init_knn
 from selfsup.train.setup import Datasets, make_config, resolve_device
 from selfsup.train.trainer import fit
 

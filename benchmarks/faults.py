@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.train.checkpoint import load_checkpoint
+from selfsup.run.checkpoint import load_checkpoint
 
 SETTINGS = [
     "backbone.width=4", "train.batch_size=128", "train.epochs=4", "train.device=cpu", "train.progress=false",

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from selfsup.commands.evaluation import evaluation_data, load_run
+from selfsup.commands.finetuning import finetune
 from selfsup.nn.backbones import build_backbone
-from selfsup.train.evaluation import evaluation_data, load_run
-from selfsup.train.finetuning import finetune
 
 
 def main() -> None:

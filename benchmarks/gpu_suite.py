@@ -69,9 +69,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import gpu_report  # noqa: E402
 from benchmarks.cifar10 import LIGHTLY_KNN_200, image_methods  # noqa: E402
+from selfsup.commands.bench import bench, synthetic_images  # noqa: E402
 from selfsup.data import load_dataset  # noqa: E402
-from selfsup.train.bench import bench, synthetic_images  # noqa: E402
-from selfsup.train.preemption import Preempted  # noqa: E402
+from selfsup.run.preemption import Preempted  # noqa: E402
 from selfsup.train.setup import Datasets, make_config, resolve_device  # noqa: E402
 from selfsup.train.trainer import Trainer, fit  # noqa: E402
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-import json
-
 import torch
 
-from selfsup.train.evaluation import random_init_knn
+from selfsup.commands.evaluation import random_init_knn
 from selfsup.train.setup import Datasets, load_datasets, make_config
 from selfsup.train.trainer import fit
 

@@ -265,8 +265,8 @@ def test_one_class_folder_with_a_tiny_first_image_trains_and_says_so(tmp_path):
 
 
 def test_numbers_in_exponent_form_are_numbers_and_types_are_checked():
-    from selfsup.train.config import parse_value
-    from selfsup.train.schema import check_assignments
+    from selfsup.config.build import parse_value
+    from selfsup.config.schema import check_assignments
 
     assert parse_value("1e-3") == 0.001 and parse_value("1e6") == 1e6 and parse_value("[1e-3, 2]") == [0.001, 2]
     check_assignments("simclr", ["optim.lr=1e-3", "optim.weight_decay=1e6", "loss.temperature=5e-1",

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from selfsup.commands.bench import bench, record_backbone_passes, synthetic_images
 from selfsup.data.views import build_views
-from selfsup.train.bench import bench, record_backbone_passes, synthetic_images
 from selfsup.train.setup import build_method, make_config
 
 TINY = ["backbone.width=4"]
@@ -46,7 +46,7 @@ def test_moco_backbone_work_is_a_trained_query_pass_and_a_key_forward():
 
 def test_deep_infomax_backbone_work_is_its_stage_map_passes_which_replay_answers():
     """DIM reads every stage's map (``feature_maps``), not the pooled output: one trained pass per view."""
-    from selfsup.train.bench import replaying
+    from selfsup.commands.bench import replaying
 
     views, passes = _passes("dim")
     assert [p.with_grad for p in passes] == [True, True] and all(isinstance(p.outputs, list) for p in passes)
@@ -71,7 +71,7 @@ def test_bench_reports_both_ratios():
 
 
 def test_replaying_answers_encoder_calls_with_the_recorded_outputs_without_running_them():
-    from selfsup.train.bench import replaying
+    from selfsup.commands.bench import replaying
 
     data = synthetic_images(16)
     cfg = make_config("byol", "synthetic", data, assignments=TINY)

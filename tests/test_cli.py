@@ -7,7 +7,7 @@ import pytest
 
 from selfsup import methods
 from selfsup.cli import main
-from selfsup.train.evaluation import load_run
+from selfsup.commands.evaluation import load_run
 from tests.helpers import DIGITS_SMALL
 
 TINY = [a for s in DIGITS_SMALL + ["backbone.width=4", "train.epochs=1"] for a in ("--set", s)]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfsup.train.bench import synthetic_images
-from selfsup.train.schema import check_assignments
+from selfsup.commands.bench import synthetic_images
+from selfsup.config.schema import check_assignments
 from selfsup.train.setup import Datasets, make_config
 from selfsup.train.step import compile_target
 from selfsup.train.trainer import Trainer

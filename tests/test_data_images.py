@@ -16,7 +16,7 @@ from PIL import Image
 import selfsup.data.download as download
 from selfsup.data import load_dataset
 from selfsup.data.cifar import FORMATS
-from selfsup.data.folder import HOLDOUT
+from selfsup.data.images import HOLDOUT
 
 CLASSES = ["cat", "dog", "frog"]
 

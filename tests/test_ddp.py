@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from selfsup.train.checkpoint import load_checkpoint
+from selfsup.run.checkpoint import load_checkpoint
 from selfsup.train.trainer import fit
 from tests.helpers import digits
 

@@ -19,15 +19,15 @@ import yaml
 from PIL import Image
 from torch import nn
 
+from selfsup.commands import export as export_module
+from selfsup.commands.compare import compare
+from selfsup.commands.evaluation import evaluate_run, load_run
+from selfsup.commands.finetuning import augmentation
 from selfsup.evaluate.finetune import balanced_subset, finetune_top1, paper_steps, simclr_recipe
 from selfsup.nn.backbones import build_backbone
-from selfsup.train import export as export_module
-from selfsup.train.compare import compare
-from selfsup.train.epoch_record import TIMING_KEYS
-from selfsup.train.evaluation import evaluate_run, load_run
-from selfsup.train.finetuning import augmentation
+from selfsup.run.epoch_record import TIMING_KEYS
+from selfsup.run.run_folder import read_config
 from selfsup.train.prepare import rerun_config
-from selfsup.train.run_folder import read_config
 from selfsup.train.trainer import fit
 from tests.helpers import DIGITS_SMALL, digits
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from selfsup.cli import main
-from selfsup.train.checkpoint import load_checkpoint
-from selfsup.train.epoch_record import TIMING_KEYS
-from selfsup.train.preemption import REQUEUE_EXIT_CODE
+from selfsup.run.checkpoint import load_checkpoint
+from selfsup.run.epoch_record import TIMING_KEYS
+from selfsup.run.preemption import REQUEUE_EXIT_CODE
 from selfsup.train.trainer import fit
 from tests.helpers import digits
 

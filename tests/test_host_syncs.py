@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from selfsup import methods
+from selfsup.commands.bench import synthetic_images
 from selfsup.data import ops
-from selfsup.train.bench import synthetic_images
 from selfsup.train.setup import Datasets, make_config
 from selfsup.train.trainer import Trainer
 

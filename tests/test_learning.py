@@ -37,12 +37,11 @@ import pytest
 import torch
 
 from selfsup import methods
+from selfsup.commands.demo import demo
 from selfsup.data.views import ViewMaker
+from selfsup.evaluate.scoring import pixel_knn, score_encoder
 from selfsup.nn.backbones import build_backbone
-from selfsup.train.evaluation import pixel_knn, score_encoder
-from selfsup.train.setup import make_config
-from selfsup.train.demo import demo
-from selfsup.train.setup import load_datasets
+from selfsup.train.setup import load_datasets, make_config
 from selfsup.train.trainer import fit
 from tests.helpers import QUIET, digits
 

@@ -13,7 +13,6 @@ import torch
 
 from selfsup.losses import deepcluster_v2, sinkhorn_knopp, swav
 
-
 # ---- slow literal references (Python loops over scalars, float64) ---------------------------------------------------
 
 

@@ -15,13 +15,13 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from selfsup import methods
+from selfsup.config.build import build_config
 from selfsup.losses import info_nce
 from selfsup.methods.base import RunInfo
 from selfsup.methods.moco import shuffle_across_ranks, unshuffle_across_ranks
 from selfsup.nn.memory import MemoryBank, Queue
-from selfsup.nn.split_bn import SplitBatchNorm, convert_to_split_batchnorm
 from selfsup.nn.resnet import resnet18
-from selfsup.train.config import build_config
+from selfsup.nn.split_bn import SplitBatchNorm, convert_to_split_batchnorm
 from selfsup.train.optim import build_optimizer
 from tests.helpers import learns_on_digits
 

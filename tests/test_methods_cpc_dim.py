@@ -22,7 +22,6 @@ from selfsup.nn.resnet import resnet18
 from selfsup.nn.sequence import conv_gru
 
 
-
 def _probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     return classifier.fit(train_x, train_y).score(test_x, test_y)

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from selfsup import methods
+from selfsup.config.build import build_config
 from selfsup.methods.base import RunInfo
 from selfsup.nn.backbones import build_backbone
 from selfsup.nn.resnet import resnet18
 from selfsup.nn.vit import vit_tiny
-from selfsup.train.config import build_config
-
 
 TINY_HEADS = {
     "barlow_twins": ["head.proj_hidden_dim=32", "head.proj_out_dim=32"],

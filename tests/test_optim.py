@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from selfsup.train.optim import LARS, build_optimizer
-from selfsup.train.schedule import apply_lr, warmup_cosine
+from selfsup.config.schedule import warmup_cosine
+from selfsup.train.optim import LARS, apply_lr, build_optimizer
 
 
 def test_lars_step_matches_formula_and_excludes_group():
@@ -99,7 +99,7 @@ def test_clipped_lars_step_is_the_smaller_of_the_trust_ratio_and_the_lr():
 
 def test_presets_from_solo_learn_clip_lars_and_the_papers_presets_do_not():
     from selfsup import methods
-    from selfsup.train.config import build_config
+    from selfsup.config.build import build_config
 
     for name in ("byol", "mocov3", "barlow_twins", "vicreg", "swav", "deepclusterv2"):
         cfg = build_config(name, methods.preset(name), "cifar")

@@ -10,9 +10,9 @@ import yaml
 from PIL import Image
 
 from selfsup import methods
+from selfsup.config.build import build_config, scale_of
+from selfsup.config.recipe import describe, explicit_keys, fit_recipe
 from selfsup.data import ArrayDataset, load_dataset
-from selfsup.train.config import build_config, scale_of
-from selfsup.train.recipe import describe, explicit_keys, fit_recipe
 from selfsup.train.setup import make_config, validate
 from selfsup.train.trainer import fit
 from tests.helpers import QUIET, digits

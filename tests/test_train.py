@@ -9,9 +9,9 @@ import torch
 import yaml
 
 import selfsup.train.trainer as trainer_module
-from selfsup.train.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from selfsup.train.divergence import DivergenceGuard, Diverged
-from selfsup.train.schedule import warmup_cosine
+from selfsup.config.schedule import warmup_cosine
+from selfsup.run.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from selfsup.run.divergence import Diverged, DivergenceGuard
 from selfsup.train.trainer import fit
 from tests.helpers import DIGITS_SMALL, digits
 

@@ -6,6 +6,7 @@ import colorsys
 import itertools
 import math
 import random
+
 import pytest
 import torch
 import torch.nn.functional as F

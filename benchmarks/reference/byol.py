@@ -17,8 +17,17 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (Recipe, Reference, Run, copy_frozen, cosine_momentum, ema_update, head_width, mlp,
-                     short_run_momentum)
+from .common import (
+    Recipe,
+    Reference,
+    Run,
+    copy_frozen,
+    cosine_momentum,
+    ema_update,
+    head_width,
+    mlp,
+    short_run_momentum,
+)
 
 RECIPE = Recipe("lars", lr=3.2, lr_batch=4096, scaling="none", weight_decay=1.5e-6, batch_size=128, warmup=0.1)
 

@@ -6,17 +6,12 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
-    from selfsup import methods
+    from selfsup.commands.methods import methods_table
 
-    rows = [(name, cls.family, cls.year, cls.paper) for name, cls in methods.available().items()]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'method':<{width}}  {'family':<13} year  paper")
-    for name, family, year, paper in rows:
-        print(f"{name:<{width}}  {family:<13} {year}  {paper}")
+    print(methods_table())
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -38,33 +33,33 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from selfsup.train.evaluation import evaluate_run
+    from selfsup.commands.evaluation import evaluate_run
 
     print(json.dumps(evaluate_run(args.run, args.protocol, args.labels, args.data, args.data_dir)))
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from selfsup.train.compare import compare
+    from selfsup.commands.compare import compare
 
     print(compare(args.runs, args.plot))
     print(f"selfsup: kNN and loss curves in {args.plot}", file=sys.stderr)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from selfsup.train.export import export
+    from selfsup.commands.export import export
 
     print(json.dumps(export(args.run, args.format, args.out)))
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
-    from selfsup.train.evaluation import embed
+    from selfsup.commands.embed import embed
 
     shape = embed(args.run, args.data, args.out, split=args.split, data_dir=args.data_dir)
     print(json.dumps({"out": args.out, "shape": list(shape)}))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from selfsup.train.bench import bench
+    from selfsup.commands.bench import bench, overhead_sentence
 
     result = bench(
         args.method, args.backbone, args.batch_size, args.steps, image_size=args.image_size,
@@ -72,18 +67,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     )
     print(json.dumps(result))
     if args.vs_backbone:
-        print(f"{args.method}: overhead {result['overhead']:.3f} x its own backbone passes on the bare {args.backbone} "
-              f"({result['step_ms']:.1f} ms per step vs {result['backbone_ms']:.1f} ms: "
-              f"{', '.join(result['backbone_passes'])}); machinery alone {result['machinery_ms']:.1f} ms, "
-              f"{result['overhead_from_parts']:.3f} x from the parts; {result['overhead_vs_two_views']:.3f} x one fwd+bwd per view "
-              f"({result['two_view_ms']:.1f} ms); {result['device']}, {result['precision']}")
+        print(overhead_sentence(args.method, args.backbone, result))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from selfsup.train.demo import demo
-    from selfsup.train.run_folder import next_version
+    from selfsup.commands.demo import demo
 
-    demo(args.out or next_version(Path("runs") / "demo"), args.set)
+    demo(args.out, args.set)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; every failure is one line on stderr: exit 2 for input the user can fix, 75 when preempted
     (resume to continue), 1 for anything unforeseen (``SELFSUP_DEBUG=1`` shows its traceback)."""
-    from selfsup.train.preemption import REQUEUE_EXIT_CODE, Preempted
+    from selfsup.run.preemption import REQUEUE_EXIT_CODE, Preempted
 
     args = build_parser().parse_args(argv)
     try:

@@ -1,4 +1,4 @@
-"""Datasets (uint8 tensors or files) and batched views on the device.
+"""Datasets (uint8 tensors or files), their decoding and caching, and batched views on the device.
 
 ``load_dataset(spec, root, split)`` turns a data SPEC (DESIGN.md) into an ``ArrayDataset``:
 ``digits``, ``cifar10``, ``cifar100``, ``stl10``, ``folder:PATH``, ``ucr:NAME``, ``wav:DIR``.

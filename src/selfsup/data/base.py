@@ -55,6 +55,16 @@ class ArrayDataset:
         return self
 
 
+
+@dataclass
+class Datasets:
+    """The three splits of a run's data."""
+
+    pretrain: ArrayDataset  # what the self-supervised objective trains on
+    train: ArrayDataset  # labelled training split for kNN / linear evaluation
+    test: ArrayDataset  # held-out split
+
+
 def is_colourless(dataset: ArrayDataset) -> bool:
     """True for in-memory RGB images whose three channels are equal everywhere (grayscale files decoded as RGB)."""
     data = dataset.data

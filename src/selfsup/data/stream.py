@@ -21,8 +21,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from selfsup.data.folder import (
-    channel_stats, common_side, decode_image, list_images, select_split, split_and_class,
+from selfsup.data.images import (
+    channel_stats,
+    common_side,
+    decode_image,
+    list_images,
+    select_split,
+    split_and_class,
 )
 
 STATS_SAMPLE = 1024

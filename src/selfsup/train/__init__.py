@@ -1,1 +1,1 @@
-"""The training loop and everything around it: config, optimizers, schedules, checkpoints, logging."""
+"""The training loop alone: a run's setup, the trainer, the step and the optimizers (LARS)."""

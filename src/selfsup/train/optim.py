@@ -128,3 +128,10 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: dict[str, Any], batch_siz
     if name == "adamw":
         return torch.optim.AdamW(param_groups, lr=cfg["lr"], betas=betas, fused=fused or None)
     raise ValueError(f"unknown optimizer '{name}'; use optim.name=lars, sgd, adam or adamw")
+
+
+def apply_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> float:
+    """Set every scheduled group's lr to base_lr * multiplier; returns the first group's lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] if group.get("fixed_lr") else group["base_lr"] * multiplier
+    return optimizer.param_groups[0]["lr"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selfsup.train import run_folder, tensorboard
-from selfsup.train.config import data_options, deep_merge, set_dotted
-from selfsup.train.resume import resumed_config
-from selfsup.train.schema import check_assignments, check_config, check_overrides
+from selfsup.config.build import data_options, deep_merge, set_dotted
+from selfsup.config.schema import check_assignments, check_config, check_overrides
+from selfsup.run import run_folder, tensorboard
+from selfsup.run.resume import resumed_config
 from selfsup.train.setup import Datasets, load_datasets, make_config
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,18 +11,12 @@ import torch
 from torch import nn
 
 from selfsup import methods
+from selfsup.config.build import DEFAULTS, build_config, deep_merge, scale_of
+from selfsup.config.recipe import explicit_keys, fit_recipe
 from selfsup.data import ArrayDataset, load_dataset
+from selfsup.data.base import Datasets
 from selfsup.methods.base import Method, RunInfo
 from selfsup.nn.backbones import build_backbone, output_dim
-from selfsup.train.config import DEFAULTS, build_config, deep_merge, scale_of
-from selfsup.train.recipe import explicit_keys, fit_recipe
-
-
-@dataclass
-class Datasets:
-    pretrain: ArrayDataset  # what the self-supervised objective trains on
-    train: ArrayDataset  # labelled training split for kNN / linear evaluation
-    test: ArrayDataset  # held-out split
 
 
 def load_datasets(spec: str, root: str | None, options: dict[str, Any] | None = None) -> Datasets:

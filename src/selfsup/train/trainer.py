@@ -1,6 +1,6 @@
 """The training loop: sharded batches indexed on the device, views, method step, schedules, epoch metrics,
-evaluation and checkpoints. The run folder (``run_folder``), preemption (``preemption``), the divergence
-guard (``divergence``) and the configuration's checks (``schema``) each live in a module of their own."""
+evaluation and checkpoints. The run's record (folder, checkpoints, preemption, divergence guard: ``selfsup.run``),
+its configuration (schema, recipe: ``selfsup.config``) and the scoring (``selfsup.evaluate``) live below it."""
 
 from __future__ import annotations
 
@@ -14,19 +14,20 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup import distributed
+from selfsup.config import recipe
+from selfsup.config.schedule import warmup_cosine
 from selfsup.data import iterate_batches
 from selfsup.data.views import build_views
+from selfsup.evaluate.scoring import score_encoder
 from selfsup.nn.sync_bn import convert_to_global_batchnorm
-from selfsup.train import recipe, report, run_folder
-from selfsup.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from selfsup.train.divergence import DivergenceGuard
-from selfsup.train.epoch_record import EpochRecord
-from selfsup.train.evaluation import score_encoder
-from selfsup.train.optim import build_optimizer
-from selfsup.train.preemption import Preempted, PreemptionWatch
+from selfsup.run import report, run_folder
+from selfsup.run.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from selfsup.run.divergence import DivergenceGuard
+from selfsup.run.epoch_record import EpochRecord
+from selfsup.run.preemption import Preempted, PreemptionWatch
+from selfsup.run.resume import replan
+from selfsup.train.optim import apply_lr, build_optimizer
 from selfsup.train.prepare import prepare
-from selfsup.train.resume import replan
-from selfsup.train.schedule import apply_lr, warmup_cosine
 from selfsup.train.setup import Datasets, build_method, resolve_device, seed_everything, validate
 from selfsup.train.step import build_step_forward, compile_target
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from selfsup.train.evaluation import load_run
-from selfsup.train.features import extract_features, normalize_batch
+from selfsup.commands.evaluation import load_run
+from selfsup.evaluate.features import extract_features, normalize_batch
 
 FORMATS = {"onnx": "encoder.onnx", "torchscript": "encoder.torchscript.pt"}
 TOLERANCE = 1e-4

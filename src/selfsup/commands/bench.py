@@ -267,3 +267,14 @@ def bench(
     if dev.type == "cuda":
         result["memory_peak_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
     return result
+
+
+def overhead_sentence(method: str, backbone: str, result: dict[str, Any]) -> str:
+    """``bench``'s result as one sentence: the step against the method's own backbone passes, and its parts."""
+    return (
+        f"{method}: overhead {result['overhead']:.3f} x its own backbone passes on the bare {backbone} "
+        f"({result['step_ms']:.1f} ms per step vs {result['backbone_ms']:.1f} ms: "
+        f"{', '.join(result['backbone_passes'])}); machinery alone {result['machinery_ms']:.1f} ms, "
+        f"{result['overhead_from_parts']:.3f} x from the parts; {result['overhead_vs_two_views']:.3f} x one fwd+bwd "
+        f"per view ({result['two_view_ms']:.1f} ms); {result['device']}, {result['precision']}"
+    )

@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "progress": True,
         "tensorboard": "auto",  # event files in RUN/tensorboard: auto (when tensorboard is installed), true, false
     },
-    "recipe": {"fit": True},  # rescale run-relative preset values to short runs and small data (train/recipe.py)
+    "recipe": {"fit": True},  # rescale run-relative preset values to short runs and small data (config/recipe.py)
     "eval": {"every": 10, "linear_every": 0, "knn_k": 200, "knn_t": 0.1, "linear_epochs": 100, "monitor_batches": 4, "plots": True},
 }
 

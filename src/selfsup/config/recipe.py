@@ -20,8 +20,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from selfsup.config.schedule import warmup_cosine
 from selfsup.data import ArrayDataset
-from selfsup.train.schedule import warmup_cosine
 
 SMALL_IMAGE_SIDE = 28  # images this small get the small convnet unless a backbone is named
 MIN_STEPS_PER_EPOCH = 4  # the batch shrinks (by powers of two) until an epoch has this many steps

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.evaluate.plots import plot_runs
-from selfsup.train.run_folder import METRICS, read_config
+from selfsup.run.run_folder import METRICS, read_config
 
 COLUMNS = ("run", "method", "data", "backbone", "epochs", "kNN", "linear", "fine-tune", "wall time", "images/s")
 

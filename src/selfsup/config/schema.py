@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-from selfsup.train.config import CONFIG_VERSION, DEFAULTS, parse_value
+from selfsup.config.build import CONFIG_VERSION, DEFAULTS, parse_value
 
 FREE_SECTIONS = {"recipe"}
 # Keys the code reads whose default is None (or that no preset sets), with example values of their type.
@@ -278,7 +278,7 @@ def check_config(cfg: dict[str, Any]) -> None:
     from selfsup import methods
 
     methods.get(cfg["method"])
-    fitted = set((cfg.get("recipe") or {}).get("changes") or {})  # written by the library (train/recipe.py)
+    fitted = set((cfg.get("recipe") or {}).get("changes") or {})  # written by the library (config/recipe.py)
     for dotted, value in _walk(cfg):
         if not _free(dotted) and dotted not in fitted:
             check_value(cfg["method"], dotted, value)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from selfsup.evaluate.plots import plot_curves, plot_embedding_map
-from selfsup.train.checkpoint import atomic_write
+from selfsup.run.checkpoint import atomic_write
 
 
 def save_encoder(encoder: nn.Module, path: str | Path) -> None:

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from selfsup.train.evaluation import pixel_knn, random_init_knn
+from selfsup.commands.evaluation import random_init_knn
+from selfsup.evaluate.scoring import pixel_knn
+from selfsup.run.run_folder import next_version
 from selfsup.train.setup import load_datasets, make_config
 from selfsup.train.trainer import fit
 
@@ -24,8 +26,12 @@ DEMO_SETTINGS = [  # the rest (backbone, batch, warm-up, views, kNN k) the recip
 ]
 
 
-def demo(out: str | Path = "runs/demo", assignments: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the demo; returns the three kNN accuracies and the run folder."""
+def demo(
+    out: str | Path | None = None, assignments: list[str] | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Run the demo into ``out`` (default: a new ``runs/demo/version_N``); returns the three kNN accuracies and the
+    run folder."""
+    out = out or next_version(Path("runs") / "demo")
     if "OMP_NUM_THREADS" not in os.environ:
         # A convnet on 8 px images: one thread does the work, and a second one waiting on a busy core
         # made a run take 219 s instead of 27 s on 2 cores with one of them loaded.

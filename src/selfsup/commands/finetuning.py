@@ -19,7 +19,7 @@ from selfsup.data import ArrayDataset
 from selfsup.data.views import ViewMaker, ViewSpec, normalize, resolve
 from selfsup.evaluate.finetune import balanced_subset, finetune_top1, simclr_recipe
 from selfsup.nn.backbones import output_dim
-from selfsup.train.report import write_json
+from selfsup.run.report import write_json
 
 # SimCLR's fine-tuning augmentation (Appendix B.5): random resized crop (their crop's area range, 0.08-1)
 # and a left-right flip, nothing else.

@@ -1,5 +1,5 @@
-"""Scoring encoders (kNN, linear probe, fine-tuning) during and after training, on the run's data or another
-(transfer): ``selfsup eval`` and ``selfsup embed``."""
+"""``selfsup eval``: a finished run's encoder scored by kNN, linear probe and fine-tuning, on the run's data or
+another (transfer); the scores are merged into its ``summary.json``."""
 
 from __future__ import annotations
 
@@ -8,22 +8,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.config.build import DEFAULTS
+from selfsup.config.recipe import KNN_CLASS_FRACTION
+from selfsup.config.schema import check_config
 from selfsup.data import ArrayDataset, load_dataset
-from selfsup.evaluate.knn import knn_top1
-from selfsup.evaluate.linear import linear_probe_top1
+from selfsup.data.base import Datasets
+from selfsup.evaluate.scoring import score_encoder
 from selfsup.nn.backbones import build_backbone
-from selfsup.train.features import extract_features, normalize_batch
-from selfsup.train.report import load_encoder, write_json
-from selfsup.train.run_folder import read_config
-from selfsup.train.config import DEFAULTS
-from selfsup.train.recipe import KNN_CLASS_FRACTION
-from selfsup.train.schema import check_config
-from selfsup.train.setup import Datasets, load_datasets, resolve_device, seed_everything
+from selfsup.run.report import load_encoder, write_json
+from selfsup.run.run_folder import read_config
+from selfsup.train.setup import load_datasets, resolve_device, seed_everything
 
 
 def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
@@ -55,7 +53,7 @@ def evaluate_run(
     """Score the run's encoder; the scores are merged into ``summary.json``.
 
     protocol: ``knn``, ``linear``, ``finetune`` (the whole encoder and a linear head on a class-balanced
-    ``labels`` subset: '1%', '10%' or a number of images; ``train/finetuning.py``) or ``all`` (kNN, linear,
+    ``labels`` subset: '1%', '10%' or a number of images; ``commands/finetuning.py``) or ``all`` (kNN, linear,
     and fine-tuning when ``labels`` is given). data: another data SPEC to transfer to (its train split fits,
     its test split scores; images are resized to the run's side), recorded under ``transfer`` in the summary.
     """
@@ -67,7 +65,7 @@ def evaluate_run(
     if labels is not None and protocol not in ("finetune", "all"):
         raise ValueError(f"--labels sets the labelled subset of --protocol finetune (or all), not of {protocol}")
     if labels is not None:
-        from selfsup.train.finetuning import parse_labels
+        from selfsup.commands.finetuning import parse_labels
 
         parse_labels(labels)  # one line before anything is loaded
     cfg, encoder, trained_on = load_run(run)
@@ -82,7 +80,7 @@ def evaluate_run(
         )
         results.update(scores)
     if labels is not None:
-        from selfsup.train.finetuning import finetune
+        from selfsup.commands.finetuning import finetune
 
         outcome = finetune(Path(run), cfg, encoder, train, test, labels, device, seed)
         results["finetune_top1"] = {labels: outcome["top1"]}
@@ -106,7 +104,7 @@ def evaluation_data(
 
 
 def transfer_k(train: ArrayDataset) -> int:
-    """kNN's k on another dataset: InstDisc's 200, at most 15 % of a class (the recipe's rule, train/recipe.py)."""
+    """kNN's k on another dataset: InstDisc's 200, at most 15 % of a class (the recipe's rule, config/recipe.py)."""
     per_class = int((train.labels >= 0).sum()) / max(train.num_classes, 1)
     return max(1, min(DEFAULTS["eval"]["knn_k"], round(KNN_CLASS_FRACTION * per_class)))
 
@@ -139,57 +137,6 @@ def _merge_summary(run: Path, results: dict[str, Any], transfer: bool) -> None:
         else:
             target[key] = value
     write_json(path, summary)
-
-
-def embed(run: str | Path, data: str, out: str | Path, split: str = "test", data_dir: str | None = None) -> tuple:
-    """Write the run encoder's features of ``data``'s ``split`` to ``out`` (.npy, [N, D] float32)."""
-    cfg, encoder, trained_on = load_run(run)
-    device = resolve_device(cfg["train"]["device"])
-    dataset = load_dataset(data, data_dir, split, progress=sys.stderr.isatty())
-    if (dataset.kind, dataset.channels) != (trained_on.kind, trained_on.channels):
-        raise ValueError(
-            f"'{data}' holds {dataset.channels}-channel {dataset.kind}s but the run's encoder was trained on "
-            f"{trained_on.channels}-channel {trained_on.kind}s ('{cfg['data']['spec']}'): embed data of that kind"
-        )
-    features = extract_features(encoder.to(device), dataset, device).cpu().numpy().astype(np.float32)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, features)
-    return features.shape
-
-
-def score_encoder(
-    encoder: nn.Module,
-    datasets,
-    cfg: dict[str, Any],
-    device: torch.device,
-    knn: bool = True,
-    linear: bool = False,
-    **feature_options: Any,
-) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """Held-out kNN and/or linear-probe top-1 of any encoder on ``datasets`` (train split fits, test split scores).
-
-    The features of each split are extracted once; also returns the test features and labels.
-    ``feature_options`` go to ``extract_features`` (bf16, channels_last, dtype).
-    """
-    train_f = extract_features(encoder, datasets.train, device, **feature_options)
-    test_f = extract_features(encoder, datasets.test, device, **feature_options)
-    train_y, test_y = datasets.train.labels.to(device), datasets.test.labels.to(device)
-    ev = cfg["eval"]
-    scores: dict[str, float] = {}
-    if knn:
-        scores["knn_top1"] = knn_top1(train_f, train_y, test_f, test_y, k=ev["knn_k"], temperature=ev["knn_t"])
-    if linear:
-        scores["linear_top1"] = linear_probe_top1(train_f, train_y, test_f, test_y, iterations=ev["linear_epochs"])
-    return scores, test_f, test_y
-
-
-def pixel_knn(datasets, k: int, temperature: float) -> float:
-    """kNN of the raw inputs (normalised pixels or samples, flattened): the baseline an encoder must beat."""
-    train, test = datasets.train, datasets.test
-    return knn_top1(
-        normalize_batch(train.data, train).flatten(1), train.labels,
-        normalize_batch(test.data, test).flatten(1), test.labels, k, temperature,
-    )
 
 
 def random_init_knn(cfg: dict[str, Any], datasets, device: torch.device) -> float:

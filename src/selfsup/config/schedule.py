@@ -1,10 +1,9 @@
-"""Learning-rate schedule: linear warm-up then cosine decay (Loshchilov & Hutter 2017), per step."""
+"""The learning-rate schedule a config describes: linear warm-up then cosine decay (Loshchilov & Hutter 2017),
+per step. The recipe sums it to size a short run; the loop applies it."""
 
 from __future__ import annotations
 
 import math
-
-import torch
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
@@ -14,10 +13,3 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     decay_steps = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def apply_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> float:
-    """Set every scheduled group's lr to base_lr * multiplier; returns the first group's lr."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] if group.get("fixed_lr") else group["base_lr"] * multiplier
-    return optimizer.param_groups[0]["lr"]

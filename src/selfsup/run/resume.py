@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 from selfsup import distributed
-from selfsup.train.config import parse_value
-from selfsup.train.schema import check_assignments, check_config, check_overrides, leaves
+from selfsup.config.build import parse_value
+from selfsup.config.schema import check_assignments, check_config, check_overrides, leaves
 
 # What --resume may change: how long and where the run trains, how it checkpoints, reports and guards.
 # Anything else (model, data, objective, optimizer, batch) would make the rest a different run.

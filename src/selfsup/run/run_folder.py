@@ -11,7 +11,7 @@
 - On resume, ``metrics.jsonl`` is rewritten from the checkpoint's history (rows logged after the
   last checkpoint belong to steps the resumed run trains again) and temporary files of
   interrupted atomic writes are removed.
-- TensorBoard event files go to ``tensorboard/`` (``train/tensorboard.py``); a resumed run hides the
+- TensorBoard event files go to ``tensorboard/`` (``run/tensorboard.py``); a resumed run hides the
   events logged after its checkpoint.
 """
 
@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from selfsup.train import tensorboard
-from selfsup.train.checkpoint import atomic_write, is_temporary
-from selfsup.train.config import dump, load_yaml
+from selfsup.config.build import dump, load_yaml
+from selfsup.run import tensorboard
+from selfsup.run.checkpoint import atomic_write, is_temporary
 
 LOCK = ".lock"
 CONFIG = "config.yaml"
