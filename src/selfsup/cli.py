@@ -119,10 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--plot", default="compare.png", help="the figure of kNN and loss curves (default compare.png)")
     cmp.set_defaults(fn=_cmd_compare)
 
-    exp = sub.add_parser("export", help="the encoder as ONNX or TorchScript, checked against PyTorch")
+    exp = sub.add_parser(
+        "export", help="the encoder as ONNX, TorchScript or a torchvision/timm ResNet state dict, with its preprocessing"
+    )
     exp.add_argument("--run", required=True)
-    exp.add_argument("--format", required=True, help="onnx | torchscript")
-    exp.add_argument("--out", help="file (default RUN/encoder.onnx or RUN/encoder.torchscript.pt)")
+    exp.add_argument("--format", required=True,
+                     help="onnx | torchscript | torchvision | timm (a ResNet-18/50 state dict at width 64)")
+    exp.add_argument("--out", help="file (default RUN/encoder.FORMAT...); its preprocessing goes to FILE.json")
     exp.set_defaults(fn=_cmd_export)
 
     embed = sub.add_parser("embed", help="write a run encoder's features of a dataset to .npy")

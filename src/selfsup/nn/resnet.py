@@ -9,7 +9,11 @@ representation is the global-average-pooled output of the last stage,
 
 from __future__ import annotations
 
+import re
+
 from torch import Tensor, nn
+
+STANDARD_WIDTH = 64  # torchvision's and timm's ResNets
 
 
 class BasicBlock(nn.Module):
@@ -130,3 +134,21 @@ def resnet18(width: int = 64, stem: str = "cifar", in_channels: int = 3, **kwarg
 
 def resnet50(width: int = 64, stem: str = "cifar", in_channels: int = 3, **kwargs) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), width, stem, in_channels, **kwargs)
+
+
+def torchvision_state_dict(model: ResNet) -> dict[str, Tensor]:
+    """The trunk's weights under torchvision's names, which timm's ResNets share (classifier ``fc`` left out):
+
+        stem.0 -> conv1,  stem.1 -> bn1,  layers.I.B.(conv|bn)K -> layer{I+1}.B.(conv|bn)K,
+        layers.I.B.shortcut.0/1 -> layer{I+1}.B.downsample.0/1
+
+    A model loads it with ``strict=True`` once its ``fc`` is ``nn.Identity()``; a CIFAR stem also needs a 3x3
+    stride-1 ``conv1`` and an identity ``maxpool``, and another number of input channels its own ``conv1``.
+    """
+    renamed = {}
+    for name, value in model.state_dict().items():
+        name = re.sub(r"^stem\.0\.", "conv1.", name)
+        name = re.sub(r"^stem\.1\.", "bn1.", name)
+        name = re.sub(r"^layers\.(\d+)\.", lambda m: f"layer{int(m.group(1)) + 1}.", name)
+        renamed[name.replace(".shortcut.", ".downsample.")] = value.detach().clone()
+    return renamed
