@@ -17,6 +17,7 @@ from selfsup.config.recipe import KNN_CLASS_FRACTION
 from selfsup.config.schema import check_config
 from selfsup.data import ArrayDataset, load_dataset
 from selfsup.data.base import Datasets
+from selfsup.data.images import channel_stats
 from selfsup.evaluate.scoring import score_encoder
 from selfsup.nn.backbones import build_backbone
 from selfsup.run.report import load_encoder, write_json
@@ -25,7 +26,8 @@ from selfsup.train.setup import load_datasets, resolve_device, seed_everything
 
 
 def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
-    """The run's config, its trained encoder (from ``encoder.safetensors``) and its data's test split."""
+    """The run's config, its trained encoder (from ``encoder.safetensors``) and its data's test split, normalised
+    with the statistics of the split the encoder trained on."""
     run = Path(run)
     weights = run / "encoder.safetensors"
     if not (run / "config.yaml").is_file():
@@ -35,6 +37,8 @@ def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
     if not weights.is_file():
         raise FileNotFoundError(f"{run} has no encoder.safetensors yet: the run has not finished (resume it with --resume)")
     probe = load_dataset(cfg["data"]["spec"], cfg["data"]["dir"], "test")
+    trained_on = load_dataset(cfg["data"]["spec"], cfg["data"]["dir"], "pretrain")
+    probe.mean, probe.std = trained_on.mean, trained_on.std  # the normalisation the encoder was trained with
     encoder = build_backbone(cfg["backbone"], probe.channels, probe.input_size)
     return cfg, load_encoder(encoder, weights), probe
 
@@ -100,6 +104,7 @@ def evaluation_data(
     options = {"image_size": trained_on.input_size, "on_error": cfg["data"].get("on_error", "stop")}
     train, test = (_matching(load_dataset(data, data_dir, split, **options), trained_on, data, cfg)
                    for split in ("train", "test"))
+    test.mean, test.std = train.mean, train.std  # the evaluation's training split normalises both
     return train, test, transfer_k(train)
 
 
@@ -110,18 +115,45 @@ def transfer_k(train: ArrayDataset) -> int:
 
 
 def _matching(dataset: ArrayDataset, trained_on: ArrayDataset, spec: str, cfg: dict[str, Any]) -> ArrayDataset:
-    """``dataset`` in the form the run's encoder takes: same kind and channels (one line if not), same side."""
-    if (dataset.kind, dataset.channels) != (trained_on.kind, trained_on.channels):
-        raise ValueError(
-            f"'{spec}' holds {dataset.channels}-channel {dataset.kind}s but the run's encoder was trained on "
-            f"{trained_on.channels}-channel {trained_on.kind}s ('{cfg['data']['spec']}'): transfer to data of that kind"
-        )
+    """``dataset`` in the form the run's encoder takes: same kind (one line if not), its channels (colour images
+    to luminance for a one-channel encoder, gray repeated for a colour one), same side."""
+    if dataset.kind != trained_on.kind:
+        raise ValueError(f"'{spec}' holds {dataset.kind}s but the run's encoder was trained on {trained_on.kind}s "
+                         f"('{cfg['data']['spec']}'): transfer to data of that kind")
+    if dataset.channels != trained_on.channels:
+        _convert_channels(dataset, trained_on.channels, spec, cfg)
     side = trained_on.input_size
     if dataset.kind == "image" and dataset.input_size != side and isinstance(dataset.data, torch.Tensor):
         print(f"selfsup: '{spec}' images resized from {dataset.input_size} to the run's {side} px", file=sys.stderr)
         resized = F.interpolate(dataset.data.float(), size=(side, side), mode="bilinear", antialias=True)
         dataset.data = resized.round().clamp(0, 255).to(torch.uint8)
     return dataset
+
+
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
+
+
+def _convert_channels(dataset: ArrayDataset, channels: int, spec: str, cfg: dict[str, Any]) -> None:
+    """Colour images to their luminance, or gray images repeated over three channels, with their statistics
+    recomputed; other conversions are refused in one line."""
+    convertible = {(3, 1), (1, 3)}
+    if dataset.kind != "image" or (dataset.channels, channels) not in convertible or not isinstance(
+            dataset.data, torch.Tensor):
+        raise ValueError(
+            f"'{spec}' holds {dataset.channels}-channel {dataset.kind}s but the run's encoder was trained on "
+            f"{channels}-channel ones ('{cfg['data']['spec']}'): only images in memory convert between colour and "
+            "gray; transfer to data of that kind"
+        )
+    if channels == 1:
+        weights = torch.tensor(LUMINANCE).view(1, 3, 1, 1)
+        dataset.data = (dataset.data.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        how = "to their luminance"
+    else:
+        dataset.data = dataset.data.expand(-1, 3, -1, -1).contiguous()
+        how = "repeated over 3 channels"
+    mean, std = channel_stats(dataset.data.numpy())
+    dataset.mean, dataset.std = tuple(mean), tuple(std)
+    print(f"selfsup: '{spec}' images converted {how} for the run's {channels}-channel encoder", file=sys.stderr)
 
 
 def _merge_summary(run: Path, results: dict[str, Any], transfer: bool) -> None:

@@ -58,11 +58,19 @@ class ArrayDataset:
 
 @dataclass
 class Datasets:
-    """The three splits of a run's data."""
+    """The three splits of a run's data, all normalised with the statistics of the split the encoder trains on.
+
+    A split's own mean and std would make the held-out numbers transductive (the test split would tell its
+    own normalisation); every split takes ``pretrain``'s, as CIFAR's and digits' published statistics do.
+    """
 
     pretrain: ArrayDataset  # what the self-supervised objective trains on
     train: ArrayDataset  # labelled training split for kNN / linear evaluation
     test: ArrayDataset  # held-out split
+
+    def __post_init__(self) -> None:
+        for split in (self.train, self.test):
+            split.mean, split.std = self.pretrain.mean, self.pretrain.std
 
 
 def is_colourless(dataset: ArrayDataset) -> bool:
