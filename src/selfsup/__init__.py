@@ -6,6 +6,7 @@ The Python API, imported on first use (``import selfsup`` stays light):
     selfsup.evaluate_run(run, protocol="all")         score a finished run (``selfsup eval``)
     selfsup.embed(run, data, out)                     a run encoder's features (``selfsup embed``)
     selfsup.export(run, "onnx")                       the encoder for other runtimes (``selfsup export``)
+    selfsup.load_encoder(run)                         the trained encoder, with ``.preprocessing``
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ _API = {
     "evaluate_run": "selfsup.commands.evaluation",
     "embed": "selfsup.commands.embed",
     "export": "selfsup.commands.export",
+    "load_encoder": "selfsup.commands.evaluation",
 }
 __all__ = sorted(_API)
 

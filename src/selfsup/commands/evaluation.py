@@ -20,7 +20,8 @@ from selfsup.data.base import Datasets
 from selfsup.data.images import channel_stats
 from selfsup.evaluate.scoring import score_encoder
 from selfsup.nn.backbones import build_backbone
-from selfsup.run.report import load_encoder, write_json
+from selfsup.run.report import load_encoder as load_weights
+from selfsup.run.report import write_json
 from selfsup.run.run_folder import read_config
 from selfsup.train.setup import load_datasets, resolve_device, seed_everything
 
@@ -40,7 +41,15 @@ def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
     trained_on = load_dataset(cfg["data"]["spec"], cfg["data"]["dir"], "pretrain")
     probe.mean, probe.std = trained_on.mean, trained_on.std  # the normalisation the encoder was trained with
     encoder = build_backbone(cfg["backbone"], probe.channels, probe.input_size)
-    return cfg, load_encoder(encoder, weights), probe
+    return cfg, load_weights(encoder, weights), probe
+
+
+def load_encoder(run: str | Path) -> nn.Module:
+    """The run's trained encoder in eval mode; ``encoder.preprocessing`` says what it takes (input shape, channels,
+    side or length, and the mean and std of the data it trained on), as ``selfsup export`` writes it."""
+    _, encoder, test = load_run(run)
+    encoder.preprocessing = test.preprocessing()
+    return encoder.eval()
 
 
 PROTOCOLS = ("knn", "linear", "finetune", "all")

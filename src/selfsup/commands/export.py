@@ -64,7 +64,7 @@ def export(run: str | Path, fmt: str, out: str | Path | None = None) -> dict[str
     target = Path(out) if out is not None else Path(run) / FORMATS[fmt]
     target.parent.mkdir(parents=True, exist_ok=True)
     encoder = encoder.cpu().float().eval()
-    spec = preprocessing(test)
+    spec = test.preprocessing()
     if fmt in STATE_DICT_FORMATS:
         result = _export_state_dict(cfg, encoder, fmt, target, spec)
     else:
@@ -72,18 +72,6 @@ def export(run: str | Path, fmt: str, out: str | Path | None = None) -> dict[str
     result.update({"out": str(target), "format": fmt, "preprocessing": str(_sidecar(target)), **spec})
     atomic_write(_sidecar(target), lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result
-
-
-def preprocessing(data: ArrayDataset) -> dict[str, Any]:
-    """What the encoder takes: the input's kind and shape, and its normalisation with the training data's statistics."""
-    if data.kind == "image":
-        shape = [None, data.channels, data.input_size, data.input_size]
-        spec = {"image_size": data.input_size, "normalise": "(pixels / 255 - mean) / std, per channel"}
-    else:
-        shape = [None, data.channels, data.input_size]
-        spec = {"length": data.input_size, "normalise": "(x - mean) / std, per channel"}
-    return {"kind": data.kind, "input_shape": shape, "channels": data.channels, **spec,
-            "mean": list(data.mean), "std": list(data.std)}
 
 
 def _sidecar(target: Path) -> Path:

@@ -49,6 +49,17 @@ class ArrayDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def preprocessing(self) -> dict[str, Any]:
+        """What an encoder trained on this data takes: the input's kind and shape, and its normalisation."""
+        if self.kind == "image":
+            shape = [None, self.channels, self.input_size, self.input_size]
+            spec = {"image_size": self.input_size, "normalise": "(pixels / 255 - mean) / std, per channel"}
+        else:
+            shape = [None, self.channels, self.input_size]
+            spec = {"length": self.input_size, "normalise": "(x - mean) / std, per channel"}
+        return {"kind": self.kind, "input_shape": shape, "channels": self.channels, **spec,
+                "mean": list(self.mean), "std": list(self.std)}
+
     def to(self, device: torch.device | str) -> "ArrayDataset":
         self.data = self.data.to(device)
         self.labels = self.labels.to(device)
