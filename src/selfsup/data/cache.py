@@ -39,7 +39,8 @@ def source_key(path: Path) -> str:
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             stat = file.stat()
-            digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            line = f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+            digest.update(line.encode("utf-8", "surrogateescape"))  # file names need not be UTF-8
         return digest.hexdigest()
     stat = path.stat()
     digest.update(f"{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

@@ -7,8 +7,8 @@ archive is downloaded into ``root``.
 
 The python-format batches are pickles. Before one is read, the archive (or, in an extracted folder,
 each batch file) is checked against its published MD5, and the batch is then unpickled by a restricted
-unpickler that admits numpy arrays, lists, dicts and strings only: a tampered file is refused
-before any of its content runs.
+unpickler that admits plain numeric numpy arrays, lists, dicts and strings only: a tampered file is
+refused before any of its content runs, even one whose checksum matched.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def _unpickle(raw: bytes, name: str) -> dict:
         batch = restricted_loads(raw)
     except RefusedPickle as refused:
         raise ValueError(
-            f"{name} was refused: it asks to run {refused}, which a CIFAR batch never does; "
-            "delete it and download the dataset again from its official source"
+            f"{name} was refused: {refused}; a CIFAR batch never does, so delete it and download the dataset "
+            "again from its official source"
         ) from None
-    except Exception as err:  # any malformed pickle: EOFError, UnpicklingError, ValueError, TypeError, ...
+    except ValueError as err:  # malformed: restricted_loads says how, in one line
         raise ValueError(f"{name} is not a readable CIFAR python-format file ({err}); download it again") from None
     if not isinstance(batch, dict):
         raise ValueError(f"{name} holds a {type(batch).__name__}, not a CIFAR python-format batch; download it again")
@@ -82,28 +82,41 @@ def _unpickle(raw: bytes, name: str) -> dict:
 
 
 def _batch_arrays(batch: dict, fmt: CifarFormat, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, 3, 32, 32] and labels int64 [N] of one batch; anything else in their place is refused."""
     missing = [key.decode() for key in (b"data", fmt.label_key) if key not in batch]
     if missing:
         raise ValueError(f"{name} has no {' or '.join(missing)}: it is not a CIFAR python-format batch")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != PIXELS:
+    data = batch[b"data"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
+        raise ValueError(f"{name}: its images are not a 2-D uint8 array; this is not a CIFAR python-format batch")
+    if data.shape[1] != PIXELS:
         raise ValueError(
-            f"{name}: images have {data.shape[-1]} values, expected 3 channels x 32 x 32 = {PIXELS}; "
+            f"{name}: images have {data.shape[1]} values, expected 3 channels x 32 x 32 = {PIXELS}; "
             "this is not a CIFAR python-format batch"
         )
-    return data.reshape(-1, 3, 32, 32), np.asarray(batch[fmt.label_key], dtype=np.int64)
+    labels = batch[fmt.label_key]
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(type(v) is int and 0 <= v < 2**16 for v in labels)):
+        raise ValueError(f"{name}: its labels are not a list of {len(data)} whole numbers, one per image; "
+                         "this is not a CIFAR python-format batch")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _class_names(meta: dict, fmt: CifarFormat) -> list[str]:
+    names = meta.get(fmt.names_key)
+    if not (isinstance(names, list) and names and all(isinstance(n, bytes) for n in names)):
+        raise ValueError(f"{fmt.meta_file} has no list of {fmt.names_key.decode()}: it is not CIFAR's metadata file")
+    return [n.decode("utf-8", "replace") for n in names]
 
 
 def _assemble(read, fmt: CifarFormat, split: str) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays of a split from ``read(filename) -> bytes`` of the python-format files."""
     files = fmt.train_files if split in ("pretrain", "train") else fmt.test_files
     parts = [_batch_arrays(_unpickle(read(f), f), fmt, f) for f in files]
-    meta = _unpickle(read(fmt.meta_file), fmt.meta_file)
-    if fmt.names_key not in meta:
-        raise ValueError(f"{fmt.meta_file} has no {fmt.names_key.decode()}: it is not CIFAR's metadata file")
-    classes = [c.decode() for c in meta[fmt.names_key]]
+    classes = _class_names(_unpickle(read(fmt.meta_file), fmt.meta_file), fmt)
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
+    if len(labels) and labels.max() >= len(classes):
+        raise ValueError(f"labels outside 0..{len(classes) - 1} in {', '.join(files)}: not a CIFAR python-format batch")
     return {"data": data, "labels": labels}, {"classes": classes}
 
 

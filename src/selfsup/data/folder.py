@@ -26,6 +26,8 @@ from selfsup.data.images import (
     common_side,
     decode_image,
     list_images,
+    printable,
+    read_image_file,
     select_split,
     split_and_class,
     split_source,
@@ -45,7 +47,7 @@ def warn_if_degenerate(source: Path, classes: list[str], count: int, split: str)
         problem = (f"it has a single class ('{classes[0]}'): kNN and linear-probe scores will be 1.0 and say nothing; "
                    "put the images in one folder per class")
     if problem:
-        warn_once(f"selfsup: warning: {source}: {problem}")
+        warn_once(f"selfsup: warning: {printable(source)}: {printable(problem)}")
 
 
 def _decode_all(
@@ -60,9 +62,8 @@ def _decode_all(
             array = decode_image(read(), image_size)
         except (OSError, ValueError, SyntaxError) as err:
             if on_error == "stop":
-                raise ValueError(
-                    f"cannot read image {name} in {source} ({err}); remove it or set data.on_error=skip"
-                ) from None
+                raise ValueError(f"cannot read image {printable(name)} in {printable(source)} ({err}); "
+                                 "remove it or set data.on_error=skip") from None
             skipped, first_bad = skipped + 1, first_bad or name
             continue
         if image_size is None:
@@ -72,9 +73,10 @@ def _decode_all(
         images.append(array)
         labels.append(index[split_and_class(PurePosixPath(name).parts)[1]])
     if skipped:
-        print(f"skipped {skipped} unreadable image(s) in {source} (first: {first_bad})", file=sys.stderr)
+        print(f"skipped {skipped} unreadable image(s) in {printable(source)} (first: {printable(first_bad)})",
+              file=sys.stderr)
     if not images:
-        raise ValueError(f"no readable images in {source}: expected [split/]class/image files")
+        raise ValueError(f"no readable images in {printable(source)}: expected [split/]class/image files")
     data = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
     return data, np.asarray(labels, dtype=np.int64), skipped
 
@@ -113,7 +115,7 @@ def load_image_folder(
     def build():
         entries = list_images(source)
         if not entries:
-            raise ValueError(f"no images found in {source}: expected [split/]class/image files (.jpg, .png, ...)")
+            raise ValueError(f"no images found in {printable(source)}: expected [split/]class/image files (.jpg, .png, ...)")
         chosen, classes = select_split(entries, split, source)
         chosen = chosen[:: max(1, len(chosen) // limit)][:limit] if limit else chosen
         data, labels, skipped = _decode_all(chosen, classes, image_size, on_error, progress, source)
@@ -144,7 +146,7 @@ def _decoded_bytes(folder: Path, image_size: int | None) -> int:
         return 0
     if image_size is None:
         try:
-            image_size = min(decode_image(files[0].read_bytes(), None).shape[:2])
+            image_size = min(decode_image(read_image_file(files[0]), None).shape[:2])
         except (OSError, ValueError, SyntaxError):
             return 0
     return len(files) * 3 * image_size * image_size
@@ -156,7 +158,7 @@ def _load_streamed(
 
     if not source.is_dir():
         raise ValueError(
-            f"{source} is an archive, and streaming reads files in random order: extract it (tar -xf) and pass "
+            f"{printable(source)} is an archive, and streaming reads files in random order: extract it (tar -xf) and pass "
             "the folder, or set data.stream=false to decode it once into the cache"
         )
     key = {"source": str(source.resolve()), "content": source_key(source), "split": split, "image_size": image_size}

@@ -1,19 +1,34 @@
 """Image files of a folder or archive: listing them, picking a split, reading sizes, decoding one image, and
-per-channel statistics. ``folder`` (decoded and cached) and ``stream`` (decoded per batch) both build on it."""
+per-channel statistics. ``folder`` (decoded and cached) and ``stream`` (decoded per batch) both build on it.
+
+Image files may come from anyone, so reading them is bounded: a file or archive member larger than
+``MAX_IMAGE_BYTES`` is not read, an archive whose images expand beyond ``MAX_EXPANSION`` times its
+own size is refused, an image whose header claims more than ``MAX_IMAGE_PIXELS`` is not decoded, and
+only the raster formats of ``IMAGE_SUFFIXES`` are decoded, whatever the content says it is (Pillow
+would otherwise hand PostScript to Ghostscript). Each of these is a bad image like any other: named,
+and skipped with ``data.on_error=skip``.
+"""
 
 from __future__ import annotations
 
 import io
+import os
 import sys
 import tarfile
+import warnings
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
+RASTER_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "PPM", "TIFF")  # Pillow's names for IMAGE_SUFFIXES
+MAX_IMAGE_BYTES = 64 * 2**20  # one image file or archive member; a photograph is rarely above 20 MiB
+MAX_IMAGE_PIXELS = 8192 * 8192  # claimed by one image's header; 192 MiB once decoded to RGB
+MAX_EXPANSION = 100  # images held from an archive, over its own size: compressed images barely shrink
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 SPLIT_DIRS = {"pretrain": ("train",), "train": ("train",), "test": ("test", "val")}
 HOLDOUT = 10
@@ -28,7 +43,7 @@ def is_archive(path: Path) -> bool:
 def split_source(path: Path, split: str) -> Path:
     """The file or folder that holds ``split``: ``path`` itself, or its ``<split>.tar.gz`` sibling archive."""
     if not path.exists():
-        raise FileNotFoundError(f"data path {path} does not exist")
+        raise FileNotFoundError(f"data path {printable(path)} does not exist")
     if path.is_dir():
         for name in SPLIT_DIRS[split]:
             for suffix in ARCHIVE_SUFFIXES:
@@ -42,22 +57,83 @@ def split_and_class(parts: tuple[str, ...]) -> tuple[str | None, str]:
     return split, parts[-2] if len(parts) >= 2 else ""
 
 
+def printable(name: str | Path) -> str:
+    """``name`` for a one-line message: undecodable bytes of a file name as \\xff, control characters escaped."""
+    text = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _too_large(size: int) -> str:
+    return f"it is {size} bytes, more than the {MAX_IMAGE_BYTES / 2**20:g} MiB one image file may have; it was not read"
+
+
+def _refusal(message: str) -> Callable[[], bytes]:
+    """A reader for an image refused while listing: it raises when the image is read, so it is named and skippable."""
+
+    def read() -> bytes:
+        raise ValueError(message)
+
+    return read
+
+
+def read_image_file(path: Path) -> bytes:
+    """The bytes of one image file; one over ``MAX_IMAGE_BYTES`` is refused unread.
+
+    Reads what its size says plus one byte (a read of the whole cap would allocate it for every
+    image); a file whose size lies, like those of /proc, is read on, up to the cap.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_IMAGE_BYTES:
+            raise ValueError(_too_large(size))
+        data = handle.read(size + 1)
+        if len(data) > size:
+            data += handle.read(MAX_IMAGE_BYTES + 1 - len(data))
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(_too_large(len(data)))
+    return data
+
+
+def _member_reader(archive: tarfile.TarFile, member: tarfile.TarInfo) -> tuple[Callable[[], bytes], int]:
+    """(reader, bytes held) of one archive member, read now (a gzip stream cannot seek back) unless over the cap.
+
+    Its header's size is checked before anything is read, and no more than that size is read: tarfile
+    stops there, whatever follows.
+    """
+    if member.size > MAX_IMAGE_BYTES:
+        return _refusal(_too_large(member.size)), 0
+    data = archive.extractfile(member).read(member.size)
+    return (lambda: data), len(data)
+
+
+def _archive_images(source: Path) -> dict[str, Callable[[], bytes]]:
+    """Reader of each image member of a tar(.gz), by member name; an archive that expands like a bomb is refused."""
+    readers, held = {}, 0
+    budget = max(MAX_IMAGE_BYTES, MAX_EXPANSION * source.stat().st_size)
+    with tarfile.open(source, "r:*") as archive:
+        for member in archive:  # one sequential pass
+            if member.isfile() and PurePosixPath(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                readers[member.name], size = _member_reader(archive, member)
+                held += size
+                if held > budget:
+                    raise ValueError(f"{printable(source)} expands to more than {MAX_EXPANSION} times its size "
+                                     "(an archive bomb?); it was not read further: extract it and check its contents")
+    return readers
+
+
 def list_images(source: Path) -> list[tuple[str, Callable[[], bytes]]]:
     """(relative POSIX path, reader of its bytes) for every image file, in path order."""
     if source.is_dir():
         files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        return [(p.relative_to(source).as_posix(), p.read_bytes) for p in files]
+        return [(p.relative_to(source).as_posix(), lambda path=p: read_image_file(path)) for p in files]
     if not is_archive(source):
-        raise ValueError(f"{source} is neither a folder nor a .tar/.tar.gz archive of images")
-    contents = {}
+        raise ValueError(f"{printable(source)} is neither a folder nor a .tar/.tar.gz archive of images")
     try:
-        with tarfile.open(source, "r:*") as archive:
-            for member in archive:  # one sequential pass: a gzip stream cannot seek back cheaply
-                if member.isfile() and PurePosixPath(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                    contents[member.name] = archive.extractfile(member).read()
+        readers = _archive_images(source)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        raise ValueError(f"{source} is truncated or not a valid tar archive ({err}); download or copy it again") from None
-    return [(name, lambda data=contents[name]: data) for name in sorted(contents)]
+        raise ValueError(f"{printable(source)} is truncated or not a valid tar archive ({printable(str(err))}); "
+                         "download or copy it again") from None
+    return sorted(readers.items())
 
 
 def select_split(entries: list[tuple[str, Callable[[], bytes]]], split: str, source: Path):
@@ -72,46 +148,97 @@ def select_split(entries: list[tuple[str, Callable[[], bytes]]], split: str, sou
         held_out = split == "test"
         chosen = [(name, read) for i, (_, name, read) in enumerate(keyed) if (i % HOLDOUT == HOLDOUT - 1) == held_out]
     else:
-        raise ValueError(f"{source} has splits {sorted(s for s in splits if s)} but no '{split}' split")
+        raise ValueError(f"{printable(source)} has splits {sorted(s for s in splits if s)} but no '{split}' split")
     return chosen, classes
 
 
 def decode_image(data: bytes, size: int | None) -> np.ndarray:
-    from PIL import Image
+    """uint8 [size, size, 3]: ``data`` decoded to RGB, its shorter side resized to ``size`` and centre-cropped.
 
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        if size is not None and image.size != (size, size):
-            scale = size / min(image.size)
-            resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
-            image = image.resize(resized, Image.BICUBIC)
-            left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
-            image = image.crop((left, top, left + size, top + size))
-        return np.asarray(image)
-
-
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the image's header, or None if it is unreadable."""
-    from PIL import Image
-
+    Raises ValueError (one line) for anything Pillow cannot or must not decode: the bytes come from
+    whoever made the folder, and Pillow's parsers fail in many ways (struct.error, EOFError, ...).
+    """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with _raster_image(data) as image:
+            return np.asarray(_fit(_eight_bit_rgb(image), size))
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a hostile file is a bad image however Pillow fails on it
+        raise ValueError(printable(" ".join(f"{type(err).__name__}: {err}".split()))[:300]) from None
+
+
+def _raster_image(data: bytes) -> Any:
+    """Pillow's image of ``data``, opened as one of ``RASTER_FORMATS`` only, and within ``MAX_IMAGE_PIXELS``."""
+    from PIL import Image, UnidentifiedImageError
+
+    bomb = f"its header claims more than {MAX_IMAGE_PIXELS} pixels (8192 x 8192), more than one image may have"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=RASTER_FORMATS)
+        except UnidentifiedImageError:
+            raise ValueError("it is not a JPEG, PNG, BMP, GIF, WebP, PPM/PGM or TIFF image") from None
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise ValueError(bomb) from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ValueError(bomb)
+    return image
+
+
+def _eight_bit_rgb(image: Any) -> Any:
+    """RGB at 8 bits: 16-bit grey (I;16, and I as Pillow opens 16-bit PGM) is scaled by its depth, not clipped
+    to 255; floating-point grey (F) must lie in [0, 1]."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError("its 32-bit pixel values exceed 16 bits; save it with 8 or 16 bits per channel")
+        grey = (values >> 8).astype(np.uint8)
+    elif image.mode == "F":
+        values = np.asarray(image)
+        if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1):
+            raise ValueError("its floating-point pixel values are not all within [0, 1]; save it with 8 bits per channel")
+        grey = np.round(values * 255).astype(np.uint8)
+    else:
+        return image.convert("RGB")
+    return Image.fromarray(grey).convert("RGB")
+
+
+def _fit(image: Any, size: int | None) -> Any:
+    """``image`` with its shorter side resized to ``size`` and centre-cropped to a square (unchanged for None)."""
+    from PIL import Image
+
+    if size is None or image.size == (size, size):
+        return image
+    scale = size / min(image.size)
+    resized = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
+    image = image.resize(resized, Image.BICUBIC)
+    left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def _image_size(read: Callable[[], bytes]) -> tuple[int, int] | None:
+    """(width, height) from the image's header, or None if it is unreadable or refused."""
+    try:
+        with _raster_image(read()) as image:
             return image.size
-    except (OSError, ValueError, SyntaxError):
+    except Exception:  # noqa: BLE001 - any image that fails here fails again, named, when it is decoded
         return None
 
 
 def common_side(reads: list[Callable[[], bytes]], source: Path, image_size: int | None) -> int | None:
     """``image_size``, or the shorter side most images have (among up to ``SIZE_SAMPLE``); mixed sizes are logged."""
     sample = reads[:: max(1, len(reads) // SIZE_SAMPLE)][:SIZE_SAMPLE]
-    sizes = Counter(size for size in (_image_size(read()) for read in sample) if size is not None)
+    sizes = Counter(size for size in (_image_size(read) for read in sample) if size is not None)
     if not sizes:
         return image_size
     side = image_size or min(sizes.most_common(1)[0][0])
     if len(sizes) > 1:
         seen = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(4)) + (", ..." if len(sizes) > 4 else "")
         why = "data.image_size" if image_size else "the size most of them have; set data.image_size to choose"
-        warn_once(f"selfsup: {source} holds images of {len(sizes)} sizes ({seen} among {len(sample)} sampled): "
+        warn_once(f"selfsup: {printable(source)} holds images of {len(sizes)} sizes ({seen} among {len(sample)} sampled): "
                   f"all are resized and centre-cropped to {side}x{side} ({why})")
     return side
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ from selfsup.data.images import (
     common_side,
     decode_image,
     list_images,
+    printable,
+    read_image_file,
     select_split,
     split_and_class,
 )
@@ -64,7 +66,7 @@ class ImageFiles(Dataset):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def to(self, device: torch.device | str) -> "ImageFiles":
+    def to(self, device: torch.device | str) -> ImageFiles:
         """Files stay where they are; batches go to the device as they are decoded."""
         return self
 
@@ -77,14 +79,16 @@ class ImageFiles(Dataset):
         for offset in range(len(self.names)):
             name = self.names[(index + offset) % len(self.names)]
             try:
-                pixels = decode_image((self.root / name).read_bytes(), self.size)
+                pixels = decode_image(read_image_file(self.root / name), self.size)
                 return torch.from_numpy(pixels.transpose(2, 0, 1).copy()), ""
             except (OSError, ValueError, SyntaxError) as err:
                 if self.on_error == "stop":
-                    message = f"cannot read image {name} in {self.root} ({err}); remove it or set data.on_error=skip"
+                    message = (f"cannot read image {printable(name)} in {printable(self.root)} ({err}); "
+                               "remove it or set data.on_error=skip")
                     return torch.zeros(self.shape[1:], dtype=self.dtype), message
-                print(f"skipped unreadable image {self.root / name} ({err}); using the next one", file=sys.stderr)
-        return torch.zeros(self.shape[1:], dtype=self.dtype), f"no readable image in {self.root}"
+                print(f"skipped unreadable image {printable(self.root / name)} ({err}); using the next one",
+                      file=sys.stderr)
+        return torch.zeros(self.shape[1:], dtype=self.dtype), f"no readable image in {printable(self.root)}"
 
     def stream(self, batches: Sequence[Tensor], device: torch.device) -> Iterator[Tensor]:
         """The images of each index batch, in order, decoded by ``workers`` processes and moved to ``device``."""
@@ -106,23 +110,23 @@ def list_streamed_folder(
     """One split of an ImageFolder directory: ({'labels'}, {names, classes, image size, channel mean and std})."""
     entries = list_images(source)
     if not entries:
-        raise ValueError(f"no images found in {source}: expected [split/]class/image files (.jpg, .png, ...)")
+        raise ValueError(f"no images found in {printable(source)}: expected [split/]class/image files (.jpg, .png, ...)")
     chosen, classes = select_split(entries, split, source)
     names = [name for name, _ in chosen]
     index = {c: i for i, c in enumerate(classes)}
     labels = np.asarray([index[split_and_class(PurePosixPath(n).parts)[1]] for n in names], dtype=np.int64)
     sample = names[:: max(1, len(names) // STATS_SAMPLE)][:STATS_SAMPLE]
-    size = common_side([(source / name).read_bytes for name in names], source, size)
+    size = common_side([lambda path=source / name: read_image_file(path) for name in names], source, size)
     if size is None:
-        raise ValueError(f"no readable images among those sampled in {source}")
+        raise ValueError(f"no readable images among those sampled in {printable(source)}")
     decoded = []
     for name in tqdm(sample, desc=f"sampling {source.name} for channel statistics", disable=not progress, unit="img"):
         try:
-            decoded.append(decode_image((source / name).read_bytes(), size))
+            decoded.append(decode_image(read_image_file(source / name), size))
         except (OSError, ValueError, SyntaxError):
             continue  # unreadable files are reported (or skipped) when training reaches them
     if not decoded:
-        raise ValueError(f"no readable images among {len(sample)} sampled in {source}")
+        raise ValueError(f"no readable images among {len(sample)} sampled in {printable(source)}")
     mean, std = channel_stats(np.stack(decoded).transpose(0, 3, 1, 2))
     meta = {"names": names, "classes": classes, "size": int(size), "mean": mean, "std": std}
     return {"labels": labels}, meta
