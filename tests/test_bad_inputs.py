@@ -119,6 +119,59 @@ def _with_file(name: str, content: bytes, argv: Callable[[Path, Path], list[str]
     return setup
 
 
+
+def _alias_bomb() -> bytes:
+    """Nine levels of ten-way aliases under ``recipe:`` (2.9 KB): 10^9 values once expanded."""
+    lines = ["method: simclr", "data: {spec: digits}", "recipe:", "  l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _config_file(content: bytes) -> Callable[[Path, Path], list[str]]:
+    """``train --config`` on a config.yaml holding ``content``, in the watched data folder."""
+    def setup(case: Path, run: Path) -> list[str]:
+        return ["train", "--config", str(_write(case / "data" / "config.yaml", content)), "--out", str(case / "run")]
+
+    return setup
+
+
+def _checkpoint(change: Callable[[dict], object]) -> Callable[[Path, Path], list[str]]:
+    """``--resume`` of a copy of the finished run whose last.pt holds ``change(its state)``."""
+    def setup(case: Path, run: Path) -> list[str]:
+        run = copy_run(run, case)
+        last = run / "checkpoints" / "last.pt"
+        torch.save(change(torch.load(last, weights_only=True)), last)
+        return ["train", "--resume", "--out", str(run)]
+
+    return setup
+
+
+def _narrower(state: dict) -> dict:
+    """The checkpoint of a run of another width: its first weight with half the output channels."""
+    name = next(k for k, v in state["method"].items() if v.dim() == 4)
+    state["method"][name] = state["method"][name][: state["method"][name].shape[0] // 2]
+    return state
+
+
+def _other_method(state: dict) -> dict:
+    """The checkpoint of another method: weights this method has not (BYOL's target network)."""
+    state["method"]["target_encoder.conv.weight"] = torch.zeros(1)
+    return state
+
+
+def _summary_list(case: Path, run: Path) -> list[str]:
+    run = copy_run(run, case)
+    (run / "summary.json").write_text("[1, 2]")
+    return ["compare", str(run), "--plot", str(case / "data" / "c.png")]
+
+
+def _set(*assignments: str) -> Callable[[Path, Path], list[str]]:
+    def setup(case: Path, run: Path) -> list[str]:
+        return TRAIN + ["--out", str(case / "run")] + [x for a in assignments for x in ("--set", a)]
+
+    return setup
+
+
 CASES: dict[str, Case] = {
     "unknown key": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--set", "train.epoch=3"],
                         "unknown config key train.epoch; did you mean train.epochs?"),
@@ -188,6 +241,37 @@ CASES: dict[str, Case] = {
                                    "is not a run folder (config.yaml missing)"),
     "unknown export format": Case(lambda c, r: ["export", "--run", str(copy_run(r, c)), "--format", "tflite"],
                                   "unknown export format 'tflite'; choose one of: onnx, torchscript"),
+    # issue 18: caps on YAML, run length and model size; values that cannot train; files of another kind
+    "YAML alias bomb": Case(_config_file(_alias_bomb()), "the YAML's aliases expand to more than 100000 values"),
+    "self-referencing YAML alias": Case(_config_file(b"method: simclr\nrecipe: &r {again: *r}\n"),
+                                        "refers to a section that holds it"),
+    "config.yaml over 1 MiB": Case(_config_file(b"method: simclr\n" + b"# padding\n" * 110_000),
+                                   "more than the 1048576 a selfsup config may hold"),
+    "deeply nested config.yaml": Case(_config_file(b"method: simclr\nrecipe: " + b"[" * 5000 + b"]" * 5000 + b"\n"),
+                                      "the YAML nests deeper than 20 levels"),
+    "config.yaml with a nan lr": Case(_config_file(b"method: simclr\ndata: {spec: digits}\noptim: {lr: .nan}\n"),
+                                      "optim.lr must be a finite number, got nan"),
+    "10^12 epochs": Case(lambda c, r: TRAIN + ["--out", str(c / "run"), "--epochs", "1000000000000"],
+                         "steps, more than the 1e+09 a run may take"),
+    "resume with another width's checkpoint": Case(_checkpoint(_narrower), "is from another model ("),
+    "resume with another method's checkpoint": Case(_checkpoint(_other_method),
+                                                    "holds target_encoder.conv.weight, which this model has not"),
+    "last.pt holding a list": Case(_checkpoint(lambda state: [1, 2]), "holds a list, not a selfsup checkpoint"),
+    "last.pt lacking keys": Case(_checkpoint(lambda state: {"epoch": 1, "method": state["method"]}), "lacks 'step'"),
+    "width 100000": Case(_set("backbone.width=100000"), "backbone.width must be >= 1 and <= 1024, got 100000"),
+    "a projector of 10^7 units": Case(_set("head.proj_hidden_dim=10000000"), "more than the 4e+09 selfsup builds"),
+    "compare on a summary that is a list": Case(_summary_list, "holds a list, not a run's summary"),
+    "bench of no steps": Case(lambda c, r: ["bench", "--method", "simclr", "--steps", "0", "--device", "cpu"],
+                              "bench --steps must be at least 1, got 0"),
+    "temperature 0": Case(_set("loss.temperature=0"), "loss.temperature must be > 0, got 0"),
+    "temperature -1": Case(_set("loss.temperature=-1"), "loss.temperature must be > 0, got -1"),
+    "lr nan": Case(_set("optim.lr=.nan"), "optim.lr must be a finite number, got nan"),
+    "lr inf": Case(_set("optim.lr=.inf"), "optim.lr must be a finite number, got inf"),
+    "negative lr": Case(_set("optim.lr=-0.1"), "optim.lr must be >= 0, got -0.1"),
+    "momentum 1": Case(_set("optim.momentum=1"), "optim.momentum must be >= 0 and < 1, got 1"),
+    "negative weight decay": Case(_set("optim.weight_decay=-1e-4"), "optim.weight_decay must be >= 0"),
+    "nan inside a per-view list": Case(_set("views.scale=[0.2, .nan]"), "views.scale must be a finite number"),
+    "train section replaced by a list": Case(_set("train=[]"), "train is a section of config.yaml"),
 }
 
 

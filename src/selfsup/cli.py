@@ -39,10 +39,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from selfsup.commands.compare import compare
+    from selfsup.commands.compare import compare, figure_path
 
     print(compare(args.runs, args.plot))
-    print(f"selfsup: kNN and loss curves in {args.plot}", file=sys.stderr)
+    print(f"selfsup: kNN and loss curves in {figure_path(args.plot)}", file=sys.stderr)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from selfsup.data.base import ArrayDataset
 from selfsup.data.views import build_views
 from selfsup.train.optim import build_optimizer
-from selfsup.train.setup import build_method, make_config, resolve_device, seed_everything
+from selfsup.train.setup import build_method, check_model_size, make_config, resolve_device, seed_everything
 from selfsup.train.step import StepForward, build_step_forward, compile_target
 
 
@@ -165,6 +165,21 @@ def _interleaved_ms(functions: list[Callable[[], None]], steps: int, warmup: int
     return best
 
 
+MAX_SYNTHETIC_BYTES = 2**32  # the random images bench times on; 4 GiB is 100x what its default needs
+
+
+def check_bench_sizes(batch_size: int, steps: int, image_size: int, warmup: int) -> None:
+    """One line for sizes that cannot be timed: no step (the times would be inf and nan), a batch batch norm
+    cannot train on, or more synthetic images than ``MAX_SYNTHETIC_BYTES``."""
+    for flag, value, least in (("--steps", steps, 1), ("--batch-size", batch_size, 2), ("--image-size", image_size, 1)):
+        if value < least:
+            raise ValueError(f"bench {flag} must be at least {least}, got {value}")
+    size = batch_size * (steps + warmup + 1) * 3 * image_size**2
+    if size > MAX_SYNTHETIC_BYTES:
+        raise ValueError(f"bench would time {size / 2**30:.0f} GiB of synthetic images (more than "
+                         f"{MAX_SYNTHETIC_BYTES / 2**30:.0f}): use fewer --steps, a smaller --batch-size or --image-size")
+
+
 def bench(
     method: str,
     backbone: str = "resnet18",
@@ -176,6 +191,7 @@ def bench(
     assignments: list[str] | None = None,
 ) -> dict[str, Any]:
     """Time ``steps`` training steps of ``method`` and of its backbone passes alone, alternating step by step."""
+    check_bench_sizes(batch_size, steps, image_size, warmup)
     data = synthetic_images(batch_size * (steps + warmup + 1), image_size)
     cfg = make_config(
         method, "synthetic", data, overrides={"backbone": {"name": backbone}}, assignments=assignments, fit_to_run=False
@@ -186,6 +202,7 @@ def bench(
     bf16 = dev.type == "cuda" and cfg["train"]["precision"] in ("auto", "bf16")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    check_model_size(cfg, data)
     seed_everything(0)
     model = build_method(cfg, data, steps_per_epoch=steps + warmup + 1).to(dev)
     if dev.type == "cuda":

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfsup.config.schema import check_config
 from selfsup.evaluate.plots import plot_runs
 from selfsup.run.run_folder import METRICS, read_config
 
@@ -15,6 +16,7 @@ COLUMNS = ("run", "method", "data", "backbone", "epochs", "kNN", "linear", "fine
 def load_finished(run: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     """(config, summary, metrics rows) of a finished run; one line if ``run`` is not one."""
     cfg = read_config(run)
+    check_config(cfg)
     summary_path = run / "summary.json"
     if not summary_path.is_file():
         raise ValueError(f"{run} has no summary.json: the run has not finished (resume it with --resume)")
@@ -23,6 +25,11 @@ def load_finished(run: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[
         rows = [json.loads(line) for line in (run / METRICS).read_text().splitlines() if line.strip()]
     except (json.JSONDecodeError, OSError) as error:
         raise ValueError(f"{run}: cannot read its summary or metrics ({error})") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{summary_path} holds a {type(summary).__name__}, not a run's summary: rerun or resume the run")
+    if not all(isinstance(r, dict) and isinstance(r.get("epoch"), int) and isinstance(r.get("loss"), (int, float))
+               for r in rows):
+        raise ValueError(f"{run / METRICS} has a line that is not an epoch's record: restore it or rerun the run")
     return cfg, summary, rows
 
 
@@ -31,7 +38,9 @@ def _percent(value: Any) -> str:
 
 
 def _finetune(summary: dict[str, Any]) -> str:
-    scores = summary.get("finetune_top1") or {}
+    scores = summary.get("finetune_top1")
+    if not isinstance(scores, dict):
+        return "-"
     return ", ".join(f"{_percent(top1)} ({labels})" for labels, top1 in scores.items()) or "-"
 
 
@@ -59,10 +68,20 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def figure_path(plot: str | Path) -> Path:
+    """Where ``--plot`` puts the figure: ``DIR/compare.png`` for an existing folder, ``.png`` added to a name
+    without a suffix (as matplotlib does), else the name itself; what ``selfsup compare`` prints."""
+    plot = Path(plot)
+    if plot.is_dir():
+        return plot / "compare.png"
+    return plot if plot.suffix else plot.with_name(plot.name + ".png")
+
+
 def compare(runs: list[str | Path], plot: str | Path = "compare.png") -> str:
-    """The markdown table of ``runs`` (kNN, linear, fine-tune in %); writes their kNN and loss curves to ``plot``."""
+    """The markdown table of ``runs`` (kNN, linear, fine-tune in %); writes their kNN and loss curves to
+    ``figure_path(plot)``."""
     if not runs:
         raise ValueError("compare needs at least one run folder")
     loaded = [(Path(run), *load_finished(Path(run))) for run in runs]
-    plot_runs({str(run): rows for run, _, _, rows in loaded}, plot)
+    plot_runs({str(run): rows for run, _, _, rows in loaded}, figure_path(plot))
     return markdown_table([row(run, cfg, summary) for run, cfg, summary, _ in loaded])

@@ -14,7 +14,10 @@ from selfsup.train.setup import resolve_device
 
 
 def embed(run: str | Path, data: str, out: str | Path, split: str = "test", data_dir: str | None = None) -> tuple:
-    """Write the run encoder's features of ``data``'s ``split`` to ``out`` (.npy, [N, D] float32)."""
+    """Write the run encoder's features of ``data``'s ``split`` to ``out`` (.npy format, [N, D] float32).
+
+    The file is ``out`` exactly, whatever its suffix (``np.save`` on a name would append .npy to ``X.json``).
+    """
     cfg, encoder, trained_on = load_run(run)
     device = resolve_device(cfg["train"]["device"])
     dataset = load_dataset(data, data_dir, split, progress=sys.stderr.isatty())
@@ -25,5 +28,6 @@ def embed(run: str | Path, data: str, out: str | Path, split: str = "test", data
         )
     features = extract_features(encoder.to(device), dataset, device).cpu().numpy().astype(np.float32)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, features)
+    with open(out, "wb") as file:
+        np.save(file, features)
     return features.shape

@@ -76,8 +76,35 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+MAX_YAML_CHARS = 2**20  # a config.yaml is a few KB; 1 Mi characters is far past any real one
+MAX_YAML_NESTING = 20  # levels of sections and lists (a written config.yaml has at most 7)
+MAX_YAML_VALUES = 100_000  # values after expanding aliases (a config.yaml holds about 150)
+
+
+class YamlCapError(ValueError):
+    """A YAML text past one of the caps above: refused before it is expanded or turned into Python values."""
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2's numbers: ``1e-3`` and ``1e6`` are floats (YAML 1.1 needs a dot and a signed exponent)."""
+    """YAML with YAML 1.2's numbers: ``1e-3`` and ``1e6`` are floats (YAML 1.1 needs a dot and a signed exponent).
+
+    Composing counts nesting, so that ``[[[[...]]]]`` is refused in one line instead of a RecursionError.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.nesting = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.nesting += 1
+        try:
+            if self.nesting > MAX_YAML_NESTING:
+                line = self.peek_event().start_mark.line + 1
+                raise YamlCapError(f"the YAML nests deeper than {MAX_YAML_NESTING} levels at line {line}: "
+                                   "a selfsup config holds sections of values; flatten it")
+            return super().compose_node(parent, index)
+        finally:
+            self.nesting -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -87,15 +114,59 @@ _Loader.add_implicit_resolver(
 )
 
 
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that aliases would expand past ``MAX_YAML_VALUES`` values or ``MAX_YAML_NESTING``
+    levels, or into itself: nine levels of ten-way aliases are 2.9 KB of text and 10^9 values once walked."""
+    count = 0
+    stack: list[tuple[yaml.Node, int, frozenset[int]]] = [(root, 1, frozenset())]
+    while stack:
+        node, depth, above = stack.pop()
+        count += 1
+        if id(node) in above:
+            raise YamlCapError(f"a YAML alias at line {node.start_mark.line + 1} refers to a section that holds it: "
+                               "write the values out")
+        if count > MAX_YAML_VALUES or depth > MAX_YAML_NESTING:
+            raise YamlCapError(f"the YAML's aliases expand to more than {MAX_YAML_VALUES} values or "
+                               f"{MAX_YAML_NESTING} levels: write the values out without aliases (*name)")
+        if isinstance(node, yaml.CollectionNode):
+            children = [item for pair in node.value for item in pair] if isinstance(node, yaml.MappingNode) else node.value
+            stack.extend((child, depth + 1, above | {id(node)}) for child in children)
+
+
+def _yaml_error_line(error: yaml.YAMLError) -> str:
+    where = getattr(error, "problem_mark", None)
+    at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+    problem = getattr(error, "problem", None) or getattr(error, "reason", None) or error.__class__.__name__
+    return f"cannot parse YAML{at}: {' '.join(str(problem).split())}"
+
+
 def load_yaml(text: str) -> Any:
-    """Parse YAML text (a ``--set`` value or a config file) with YAML 1.2 numbers; one-line error if malformed."""
+    """Parse YAML text (a ``--set`` value or a config file) with YAML 1.2 numbers; one-line error if malformed.
+
+    A file handed to a user may be built to hang or exhaust a parser: its size, nesting and alias expansion
+    are capped (``MAX_YAML_*``), each refused in one line before any value is built.
+    """
+    if len(text) > MAX_YAML_CHARS:
+        raise YamlCapError(f"the YAML is {len(text)} characters, more than the {MAX_YAML_CHARS} a selfsup "
+                           "config may hold: is it a config.yaml?")
+    loader = None
     try:
-        return yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
     except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(error, "problem", None) or error.__class__.__name__
-        raise ValueError(f"cannot parse YAML{at}: {problem}") from None
+        raise ValueError(_yaml_error_line(error)) from None
+    except YamlCapError:
+        raise
+    except (ValueError, OverflowError) as error:  # a value the constructor rejects: 10^5000 digits, a 13th month
+        reason = " ".join(str(error).split(";")[0].split())  # without Python's advice to raise its own limit
+        raise ValueError(f"cannot parse YAML: a value is out of range ({reason})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def parse_value(text: str) -> Any:
@@ -103,18 +174,26 @@ def parse_value(text: str) -> Any:
     return load_yaml(text)
 
 
+def shown(text: str) -> str:
+    """``text`` as it can stand in a one-line message: escaped and quoted if it holds a line break or the like."""
+    return text if text.isprintable() else repr(text)
+
+
 def set_dotted(cfg: dict[str, Any], assignment: str) -> None:
     """Apply ``key.sub=value`` to ``cfg`` in place."""
     if "=" not in assignment:
-        raise ValueError(f"--set expects key=value (e.g. backbone.width=16), got '{assignment}'")
+        raise ValueError(f"--set expects key=value (e.g. backbone.width=16), got '{shown(assignment)}'")
     key, text = assignment.split("=", 1)
     parts = key.strip().split(".")
     node = cfg
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--set {key}: '{part}' is a value, not a section")
-    node[parts[-1]] = parse_value(text)
+            raise ValueError(f"--set {shown(key)}: '{shown(part)}' is a value, not a section")
+    value = parse_value(text)
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        value = deep_merge(node[parts[-1]], value)  # a section's keys change; the others stay (train={} is no change)
+    node[parts[-1]] = value
 
 
 def data_options(overrides: dict[str, Any] | None = None, assignments: list[str] | None = None) -> dict[str, Any]:
@@ -155,5 +234,12 @@ def build_config(
     return cfg
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """Every value written out: a config.yaml holds no aliases, which ``load_yaml`` caps as a bomb's tool."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def dump(cfg: dict[str, Any]) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)
+    return yaml.dump(cfg, Dumper=_PlainDumper, sort_keys=False)

@@ -20,7 +20,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from selfsup.config.schedule import warmup_cosine
+from selfsup.config.schedule import schedule_sum
 from selfsup.data import ArrayDataset
 
 SMALL_IMAGE_SIDE = 28  # images this small get the small convnet unless a backbone is named
@@ -37,6 +37,7 @@ ADAM_MIN_TRAVEL = 1.0  # the sum of Adam's lr over the run (how far one weight c
 ADAM_DEFAULT_LR = 1e-3  # Kingma & Ba's default: a short run's lr is raised up to it, never above
 MIN_BN_GROUP = 32  # samples per batch-norm group (MoCo v1 Sec. 3.3: 8 GPUs x 32 images)
 KNN_CLASS_FRACTION = 0.15  # InstDisc's k = 200 is ~16 % of an ImageNet class (1,281 images)
+MAX_TOTAL_STEPS = 10**9  # 30x ImageNet's 1000-epoch runs at batch 4096; more is a typo, and would never end
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str]) -> d
     value and why; ``recipe.fit: false`` in ``cfg`` (or the user's ``--set recipe.fit=false``)
     keeps the preset verbatim.
     """
+    check_run_length(cfg, len(data))
     cfg = copy.deepcopy(cfg)
     recipe = cfg.setdefault("recipe", {})
     recipe.setdefault("fit", True)
@@ -103,6 +105,22 @@ def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str]) -> d
     recipe["run"] = {"images": size.samples, "epochs": size.epochs, "steps": size.steps, "image_side": size.image_side}
     recipe["changes"] = changes
     return cfg
+
+
+def check_run_length(cfg: dict[str, Any], samples: int) -> None:
+    """One line unless ``train.epochs`` and ``train.batch_size`` are positive whole numbers giving at most
+    ``MAX_TOTAL_STEPS`` steps over ``samples``: checked before anything is sized by the run's length."""
+    train = cfg["train"]
+    for key in ("epochs", "batch_size"):
+        value = train.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"train.{key} must be a positive whole number, got {value!r}")
+    steps = max(samples // train["batch_size"], 1) * train["epochs"]
+    if steps > MAX_TOTAL_STEPS:
+        raise ValueError(
+            f"train.epochs={train['epochs']} at batch {train['batch_size']} over {samples} samples is {steps:.3g} "
+            f"steps, more than the {MAX_TOTAL_STEPS:.0e} a run may take: ask for fewer epochs"
+        )
 
 
 def run_size(cfg: dict[str, Any], data: ArrayDataset) -> RunSize:
@@ -219,12 +237,13 @@ def scaled_lr(cfg: dict[str, Any]) -> float:
 
 
 def lr_sum(cfg: dict[str, Any], size: RunSize) -> float:
-    """The sum of the run's learning rates over its steps: the scaled base lr times its warm-up/cosine factors."""
+    """The sum of the run's learning rates over its steps: the scaled base lr times its warm-up/cosine factors.
+
+    In closed form (``schedule_sum``), so that a run of 10^12 steps is sized as fast as one of 80.
+    """
     optim = cfg["optim"]
     warmup_steps = optim.get("warmup_epochs", 0) * size.steps / max(size.epochs, 1)
-    return scaled_lr(cfg) * sum(
-        warmup_cosine(step, size.steps, warmup_steps, optim.get("min_lr_ratio", 0.0)) for step in range(size.steps)
-    )
+    return scaled_lr(cfg) * schedule_sum(size.steps, warmup_steps, optim.get("min_lr_ratio", 0.0))
 
 
 def batchnorm_groups(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, str]]:

@@ -10,7 +10,8 @@ automatically) takes the types the same key has for other methods. Sections in `
 library-written ``recipe``) may hold anything, and values the recipe fitted are not checked again.
 
 Errors are one line naming the key: an unknown key with the nearest valid name, a value with the
-type the key expects.
+type the key expects, a number that is not finite (nan, inf) or outside the key's range (``BOUNDS``:
+a temperature of 0, a momentum of 1, a negative learning rate pass a type check and fail only later).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import math
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any
 
-from selfsup.config.build import CONFIG_VERSION, DEFAULTS, parse_value
+from selfsup.config.build import CONFIG_VERSION, DEFAULTS, parse_value, shown
 
 FREE_SECTIONS = {"recipe"}
 # Keys the code reads whose default is None (or that no preset sets), with example values of their type.
@@ -42,6 +44,50 @@ DECLARED: dict[str, tuple[Any, ...]] = {
     "optim.warmup_epochs": (1.5,),  # a fraction of an epoch is fine (the schedule is per step)
     "views.preset": (None, "simclr"),
     "optim.betas": ([0.9, 0.999],),
+}
+MAX_WIDTH = 1024  # backbone.width: 16x the standard 64 (a ResNet-50 at 1024 has 6.5e9 weights)
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range a number key must fall in; an open end excludes its value (a temperature of 0 divides by 0)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    words: str = ""  # what to call the range, where the comparisons say it less plainly
+
+    def holds(self, value: float) -> bool:
+        above = self.low is None or value > self.low or (value == self.low and not self.low_open)
+        below = self.high is None or value < self.high or (value == self.high and not self.high_open)
+        return above and below
+
+    def describe(self) -> str:
+        if self.words:
+            return self.words
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+POSITIVE, NON_NEGATIVE, WHOLE_POSITIVE = (Bound(0, low_open=True), Bound(0),
+                                            Bound(1, words="a positive whole number"))
+EMA_MOMENTUM = Bound(0, 1)  # 1: the target no longer moves (the end of BYOL's schedule)
+# Keys whose values outside a range fail only later (nan at step 1, a division by zero) or never say so.
+BOUNDS: dict[str, Bound] = {
+    "loss.temperature": POSITIVE, "loss.base_temperature": POSITIVE, "eval.knn_t": POSITIVE,
+    "optim.lr": NON_NEGATIVE, "optim.bias_lr": NON_NEGATIVE, "optim.probe_lr": POSITIVE,
+    "head.negatives_lr": NON_NEGATIVE, "optim.weight_decay": NON_NEGATIVE, "head.negatives_weight_decay": NON_NEGATIVE,
+    "optim.momentum": Bound(0, 1, high_open=True), "optim.lars_eta": NON_NEGATIVE,
+    "optim.warmup_epochs": NON_NEGATIVE, "optim.min_lr_ratio": Bound(0, 1),
+    "head.momentum": EMA_MOMENTUM, "head.momentum_base": EMA_MOMENTUM, "head.momentum_final": EMA_MOMENTUM,
+    "head.bank_momentum": EMA_MOMENTUM,
+    "train.epochs": WHOLE_POSITIVE, "train.batch_size": WHOLE_POSITIVE, "train.checkpoint_every": WHOLE_POSITIVE,
+    "train.checkpoint_every_steps": NON_NEGATIVE, "train.seed": Bound(0, 2**63 - 1),
+    "backbone.width": Bound(1, MAX_WIDTH),
+    "eval.every": NON_NEGATIVE, "eval.linear_every": NON_NEGATIVE, "eval.knn_k": WHOLE_POSITIVE,
+    "eval.linear_epochs": NON_NEGATIVE, "eval.monitor_batches": NON_NEGATIVE,
 }
 ANNOTATION_EXAMPLES = {"int": 1, "float": 1.0, "str": "s", "bool": True, "None": None, "Sequence": [], "list": [],
                        "tuple": []}
@@ -206,7 +252,7 @@ def _unknown_key(method: str, dotted: str, schema: Schema) -> ValueError:
     close = difflib.get_close_matches(dotted, [k for k in schema if not _free(k)], n=1, cutoff=0.6)
     sections = ", ".join(sorted(k for k in schema if "." not in k))
     hint = f"; did you mean {close[0]}?" if close else f"; sections: {sections}"
-    return ValueError(f"unknown config key {dotted}{hint}")
+    return ValueError(f"unknown config key {shown(dotted)}{hint}")
 
 
 def check_value(method: str, dotted: str, value: Any, source: str = "") -> None:
@@ -225,19 +271,42 @@ def check_value(method: str, dotted: str, value: Any, source: str = "") -> None:
         )
     if not rule.admits(value):
         raise ValueError(f"{where}{dotted} expects {rule.expected()}, got {value!r}")
+    check_number(dotted, value, where)
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers in a value: itself, or those of a (per-view) list, at any depth."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    return [n for item in value for n in _numbers(item)] if isinstance(value, list) else []
+
+
+def check_number(dotted: str, value: Any, where: str = "") -> None:
+    """One line unless every number in ``value`` is finite and in ``dotted``'s range (``BOUNDS``).
+
+    A nan or inf learning rate or temperature passes a type check and ends in a nan loss at step 1.
+    """
+    for number in _numbers(value):
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError(f"{where}{dotted} must be a finite number, got {number}")
+        bound = BOUNDS.get(dotted)
+        if bound is not None and not bound.holds(number):
+            raise ValueError(f"{where}{dotted} must be {bound.describe()}, got {number!r}")
 
 
 def check_assignments(method: str, assignments: list[str] | None) -> None:
     """Check every ``--set key=value`` (key known for ``method``, value of its type) before anything runs."""
     for assignment in assignments or []:
         if "=" not in assignment:
-            raise ValueError(f"--set expects key=value (e.g. backbone.width=16), got '{assignment}'")
+            raise ValueError(f"--set expects key=value (e.g. backbone.width=16), got '{shown(assignment)}'")
         key, text = assignment.split("=", 1)
         value = parse_value(text)
-        check_value(method, key.strip(), value, f"--set {assignment}")
+        check_value(method, key.strip(), value, f"--set {shown(assignment)}")
         if isinstance(value, dict):
             for dotted, inner in _walk(value, key.strip() + "."):
-                check_value(method, dotted, inner, f"--set {assignment}")
+                check_value(method, dotted, inner, f"--set {shown(assignment)}")
 
 
 def leaves(node: dict[str, Any], prefix: str = ""):

@@ -1,7 +1,7 @@
 """The divergence guard: a non-finite loss is caught at the step it happens, and no checkpoint holds its weights.
 
 ``train.on_nan``:
-- ``stop`` (default): the run stops and ``checkpoints/last.pt`` keeps the last good state. On the CPU
+- ``stop`` (default): the run stops and ``checkpoints/last.pt``, if one was written, keeps the last good state. On the CPU
   the loss is looked at before the optimizer step, so even the weights in memory stay good. On a GPU a
   read would make the host wait for the device at every step, so the check stays on the device: the
   first bad step's number is recorded there, and read only where the host waits anyway (the progress
@@ -14,6 +14,8 @@
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +37,7 @@ class DivergenceGuard:
         self.deferred = mode == "stop" and device.type != "cpu"
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # step number, -1: none yet
         self.skipped = 0
+        self.checkpoint: Path | None = None  # the run's last.pt, when this process writes one (the message names it)
         self._statistics: list[Tensor] = []
         self._saved: list[Tensor] = []
 
@@ -74,10 +77,15 @@ class DivergenceGuard:
             if step >= 0:
                 raise self._error(step, None)
 
-    @staticmethod
-    def _error(step: int, value: float | None) -> Diverged:
+    def _error(self, step: int, value: float | None) -> Diverged:
+        """What stopped, and what is true of the run folder now: a resume needs a checkpoint to resume from."""
         became = f"became {value}" if value is not None else "became nan or inf"
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            return Diverged(
+                f"the loss {became} at step {step + 1}: training stopped and checkpoints/last.pt keeps the last good "
+                "state; lower optim.lr, or continue with --resume --set train.on_nan=skip to skip such steps"
+            )
         return Diverged(
-            f"the loss {became} at step {step + 1}: training stopped and checkpoints/last.pt keeps the last good "
-            "state; lower optim.lr, or continue with --resume --set train.on_nan=skip to skip such steps"
+            f"the loss {became} at step {step + 1}, before any checkpoint was saved: training stopped with nothing to "
+            "resume; start again with a smaller optim.lr (--overwrite to reuse --out), or --set train.on_nan=skip"
         )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from selfsup import distributed
 from selfsup.config.build import parse_value
@@ -67,3 +70,51 @@ def replan(cfg: dict[str, Any], planned: int, epoch: int, step: int, mid_epoch: 
     if distributed.is_main():
         change = "extending" if epochs > planned else "shortening"
         print(f"selfsup: {change} the run from {planned} to {epochs} epochs: {how}", file=sys.stderr)
+
+
+# What a checkpoint of ``train.Trainer`` holds, with the type of each value.
+CHECKPOINT_KEYS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "step": int, "method": dict, "runtime": dict, "optimizer": dict, "history": list, "epochs": int,
+    "partial": (dict, type(None)),
+}
+
+
+def check_checkpoint(state: Any, expected: dict[str, torch.Tensor], path: Path) -> None:
+    """One line unless ``state`` is a selfsup checkpoint whose weights fit a model with the ``expected``
+    state dict: a checkpoint of another width or method would fail inside ``load_state_dict`` in many lines."""
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a selfsup checkpoint; "
+                         "put the run's own last.pt back, or start again with --overwrite")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            what = "lacks" if key not in state else "has a malformed"
+            raise ValueError(f"checkpoint {path} {what} '{key}': not a checkpoint selfsup wrote; put the run's own "
+                             "last.pt back, or start again with --overwrite")
+    if state["partial"] is not None and not isinstance(state["partial"].get("ranks"), list):
+        raise ValueError(f"checkpoint {path} has a malformed 'partial': not a checkpoint selfsup wrote; put the run's "
+                         "own last.pt back, or start again with --overwrite")
+    difference = weights_difference(expected, state["method"])
+    if difference:
+        raise ValueError(f"checkpoint {path} is from another model ({difference}) than this run's config.yaml "
+                         "describes: resume with the run's own checkpoint, or start a new run")
+
+
+def weights_difference(expected: dict[str, torch.Tensor], saved: dict[str, Any]) -> str:
+    """The first way ``saved`` weights differ from ``expected`` in names or shapes, in words; '' if they fit."""
+    missing = [name for name in expected if name not in saved]
+    extra = [name for name in saved if name not in expected]
+    if missing:
+        return f"it lacks {_first_of(missing)}"
+    if extra:
+        return f"it holds {_first_of(extra)}, which this model has not"
+    for name, tensor in expected.items():
+        value = saved[name]
+        if not isinstance(value, torch.Tensor):
+            return f"its {name} is a {type(value).__name__}, not a tensor"
+        if value.shape != tensor.shape:
+            return f"{name} is {list(value.shape)} there and {list(tensor.shape)} here"
+    return ""
+
+
+def _first_of(names: list[str]) -> str:
+    return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")

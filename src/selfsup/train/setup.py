@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -12,11 +14,14 @@ from torch import nn
 
 from selfsup import methods
 from selfsup.config.build import DEFAULTS, build_config, deep_merge, scale_of
-from selfsup.config.recipe import explicit_keys, fit_recipe
+from selfsup.config.recipe import check_run_length, explicit_keys, fit_recipe
+from selfsup.config.schema import check_config
 from selfsup.data import ArrayDataset, load_dataset
 from selfsup.data.base import Datasets
 from selfsup.methods.base import Method, RunInfo
 from selfsup.nn.backbones import build_backbone, output_dim
+
+MAX_MODEL_VALUES = 4 * 10**9  # parameters and buffers: 16 GB at fp32 before gradients and optimizer state
 
 
 def load_datasets(spec: str, root: str | None, options: dict[str, Any] | None = None) -> Datasets:
@@ -34,6 +39,7 @@ def load_datasets(spec: str, root: str | None, options: dict[str, Any] | None = 
         "on_error": options["on_error"],
         "stream": None if options["stream"] == "auto" else options["stream"],
         "workers": None if workers == "auto" else workers,
+        "progress": sys.stderr.isatty(),  # decoding bars only on a terminal: a log or a bad-input error stays clean
     }
     return Datasets(*(load_dataset(spec, root, split, **kwargs) for split in ("pretrain", "train", "test")))
 
@@ -59,17 +65,14 @@ def make_config(
     scale = scale_of(data.kind, data.input_size)
     base = {"data": {"spec": data_spec, "dir": data_dir}}
     cfg = build_config(method, methods.preset(method), scale, deep_merge(base, overrides or {}), assignments)
+    check_config(cfg)  # keys, types and ranges before the recipe sizes anything by them
     return fit_recipe(cfg, data, explicit_keys(overrides, assignments)) if fit_to_run else cfg
 
 
 def validate(cfg: dict[str, Any], data: ArrayDataset, world: int) -> None:
-    """One-line errors for settings that cannot work."""
-    train = cfg["train"]
-    if not isinstance(train["epochs"], int) or train["epochs"] <= 0:
-        raise ValueError(f"--epochs must be a positive whole number, got {train['epochs']}")
-    batch = train["batch_size"]
-    if not isinstance(batch, int) or batch <= 0:
-        raise ValueError(f"--batch-size must be a positive whole number, got {batch}")
+    """One-line errors for settings that cannot work, before the model is built."""
+    check_run_length(cfg, len(data))
+    batch = cfg["train"]["batch_size"]
     if batch > len(data):
         raise ValueError(
             f"batch size {batch} is larger than the dataset ({len(data)} samples): use --batch-size {len(data)} or less"
@@ -83,6 +86,24 @@ def validate(cfg: dict[str, Any], data: ArrayDataset, world: int) -> None:
         )
     if methods.get(cfg["method"]).needs_labels and bool((data.labels < 0).all()):
         raise ValueError(f"method '{cfg['method']}' needs labels but '{cfg['data']['spec']}' has none")
+    check_model_size(cfg, data)
+
+
+def check_model_size(cfg: dict[str, Any], data: ArrayDataset) -> None:
+    """One line if the configured model would hold more than ``MAX_MODEL_VALUES`` parameters and buffers.
+
+    Counted on the meta device (shapes only, no memory), so that a wide backbone, a huge projector or a
+    queue of 10^10 keys is refused in a second instead of after trying to allocate hundreds of GB.
+    """
+    with torch.device("meta"):
+        model = build_method(cfg, data, steps_per_epoch=1)
+    values = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
+    if values > MAX_MODEL_VALUES:
+        raise ValueError(
+            f"this {cfg['method']} model would hold {values:.3g} weights and buffers ({4 * values / 1e9:.0f} GB at "
+            f"fp32), more than the {MAX_MODEL_VALUES:.0e} selfsup builds: choose a smaller backbone.width, "
+            "head size or queue"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
