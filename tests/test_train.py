@@ -78,17 +78,19 @@ def test_resume_with_more_epochs_extends_the_run_and_replans_its_schedule(tmp_pa
         fit(out_dir=run, resume=True, overrides={"train": {"epochs": 3}}, datasets=digits())
 
 
-def test_a_folder_holding_a_run_is_refused_or_replaced_whole(tmp_path):
+def test_a_folder_holding_a_run_is_refused_or_replaced_by_its_manifest(tmp_path):
     run = tmp_path / "run"
     fit("simclr", "digits", out_dir=run, assignments=SHORT + ["train.epochs=1"], datasets=digits())
     (run / "notes.txt").write_text("from the first run")
     snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(ValueError, match="already holds a run: add --resume .* --overwrite"):
         fit("byol", "digits", out_dir=run, assignments=["train.epochs=1"], datasets=digits())
+    with pytest.raises(ValueError, match=r"did not write \(notes.txt\): refusing to delete anything"):
+        fit("simclr", "digits", out_dir=run, assignments=SHORT + ["train.epochs=1"], datasets=digits(), overwrite=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
+    (run / "notes.txt").unlink()  # --overwrite deletes what the manifest lists, nothing else
     fit("simclr", "digits", out_dir=run, assignments=SHORT + ["train.epochs=1", "train.seed=1"], datasets=digits(),
         overwrite=True)
-    assert not (run / "notes.txt").exists()
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     (tmp_path / "mine").mkdir()

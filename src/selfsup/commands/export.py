@@ -40,6 +40,7 @@ from selfsup.data import ArrayDataset
 from selfsup.evaluate.features import extract_features, normalize_batch
 from selfsup.nn.resnet import STANDARD_WIDTH, ResNet, torchvision_state_dict
 from selfsup.run.checkpoint import atomic_write
+from selfsup.run.files import claim_in_run
 
 FORMATS = {
     "onnx": "encoder.onnx", "torchscript": "encoder.torchscript.pt",
@@ -87,6 +88,7 @@ def _export_program(
     expected = extract_features(encoder, test, torch.device("cpu"), batch_size=BATCH).numpy()
     inputs = [normalize_batch(test.data[i : i + BATCH], test) for i in range(0, len(test), BATCH)]
     partial = target.with_name(f".{target.name}.partial")
+    claim_in_run(target)  # listed in the run folder's manifest, so that --overwrite may delete it
     try:
         write = _onnx if fmt == "onnx" else _torchscript
         embed = write(encoder, inputs[0], partial, spec)

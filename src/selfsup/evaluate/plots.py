@@ -1,9 +1,13 @@
-"""Figures of a run: training curves and a 2-D map of the embeddings coloured by class."""
+"""Figures of a run: training curves and a 2-D map of the embeddings coloured by class.
+
+Each figure goes to a path or to an open binary file (as PNG): a run folder's figures are drawn into the
+new file ``run.files.atomic_write`` renames into place, never written through a link at their name.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -17,7 +21,12 @@ def _pyplot():
     return plt
 
 
-def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = "") -> None:
+def _save(fig: Any, target: str | Path | BinaryIO) -> None:
+    """``fig`` to ``target``: a path (its suffix picks the format), or an open binary file (PNG)."""
+    fig.savefig(target, dpi=120, **({} if isinstance(target, (str, Path)) else {"format": "png"}))
+
+
+def plot_curves(history: list[dict[str, Any]], path: str | Path | BinaryIO, title: str = "") -> None:
     """Loss per epoch (left axis) and kNN top-1 where evaluated (right axis)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -32,12 +41,13 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path, title: str = ""
         ax2.set_ylabel("kNN top-1 (%)", color="tab:red")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
 def plot_embedding_map(
-    features: np.ndarray, labels: np.ndarray, path: str | Path, title: str = "", max_points: int = 2000, seed: int = 0
+    features: np.ndarray, labels: np.ndarray, path: str | Path | BinaryIO, title: str = "", max_points: int = 2000,
+    seed: int = 0,
 ) -> None:
     """t-SNE (van der Maaten & Hinton 2008) of at most ``max_points`` features, coloured by class."""
     from sklearn.manifold import TSNE
@@ -56,11 +66,11 @@ def plot_embedding_map(
     ax.set_yticks([])
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
-def plot_runs(histories: dict[str, list[dict[str, Any]]], path: str | Path) -> None:
+def plot_runs(histories: dict[str, list[dict[str, Any]]], path: str | Path | BinaryIO) -> None:
     """kNN top-1 (left) and loss (right) per epoch of several runs, one colour per run (``selfsup compare``)."""
     plt = _pyplot()
     fig, (knn, loss) = plt.subplots(1, 2, figsize=(11, 4))
@@ -78,5 +88,5 @@ def plot_runs(histories: dict[str, list[dict[str, Any]]], path: str | Path) -> N
     loss.set_title("training loss")
     loss.legend(loc="best", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)

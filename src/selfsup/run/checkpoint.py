@@ -1,6 +1,6 @@
 """Atomic checkpoints, loaded without running code.
 
-Saving writes to a temporary file in the same folder, fsyncs, then renames: a crash while saving
+Saving writes a new file, then renames it (``files.atomic_write``): a crash or a full disk while saving
 leaves the previous checkpoint intact and a reader never sees half a file. Loading uses
 ``torch.load(weights_only=True)``: a checkpoint may only hold tensors and plain values (dicts,
 lists, numbers, strings), so a file received from someone else cannot execute anything.
@@ -8,42 +8,28 @@ lists, numbers, strings), so a file received from someone else cannot execute an
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 
-TEMP_SUFFIX = ".tmp"
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def is_temporary(path: Path) -> bool:
-    """Whether ``path`` is a temporary file ``atomic_write`` left behind when its process was killed."""
-    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+from selfsup.run.files import DiskFull, atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (tensors and plain values only, so that it loads with ``weights_only``) atomically."""
-    atomic_write(path, lambda f: torch.save(state, f))
+    """Write ``state`` (tensors and plain values only, so that it loads with ``weights_only``) atomically; on a full
+    disk, one line (``DiskFull``) saying what is kept and how to go on."""
+    path = Path(path)
+    previous = path.is_file()
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except DiskFull:
+        run = path.parent.parent  # checkpoints/last.pt of the run folder
+        then = (f"the previous checkpoint is kept unchanged; free some space, then continue with: selfsup train "
+                f"--resume --out {run}") if previous else "there is no earlier one; free some space and start again"
+        raise DiskFull(f"the disk is full: the checkpoint {path} could not be saved, and {then}") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""The end of a run: the encoder's weights, summary.json, and the plots."""
+"""The end of a run: the encoder's weights, the plots, and summary.json."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,10 @@ import torch
 from torch import nn
 
 from selfsup.evaluate.plots import plot_curves, plot_embedding_map
-from selfsup.run.checkpoint import atomic_write
+from selfsup.run.files import atomic_write
+
+ENCODER = "encoder.safetensors"
+SUMMARY = "summary.json"
 
 
 def save_encoder(encoder: nn.Module, path: str | Path) -> None:
@@ -42,21 +46,22 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(payload, indent=2) + "\n").encode()))
 
 
-def write_outputs(
-    out: Path,
-    encoder: nn.Module,
-    summary: dict[str, Any],
-    history: list[dict[str, Any]],
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
-    plots: bool = True,
-) -> None:
-    save_encoder(encoder, out / "encoder.safetensors")
-    write_json(out / "summary.json", summary)
-    if not plots:
-        return
-    title = f"{summary['method']} on {summary['data']}"
-    plot_curves(history, out / "curves.png", title)
-    plot_embedding_map(
-        test_features.float().cpu().numpy(), test_labels.cpu().numpy(), out / "embedding_map.png", title
-    )
+def render_figures(
+    history: list[dict[str, Any]], features: torch.Tensor, labels: torch.Tensor, title: str
+) -> dict[str, bytes]:
+    """``curves.png`` and ``embedding_map.png`` as PNG bytes, drawn before anything is written (the t-SNE takes
+    seconds), so that the final writes are short."""
+    curves, embedding_map = io.BytesIO(), io.BytesIO()
+    plot_curves(history, curves, title)
+    plot_embedding_map(features.float().cpu().numpy(), labels.cpu().numpy(), embedding_map, title)
+    return {"curves.png": curves.getvalue(), "embedding_map.png": embedding_map.getvalue()}
+
+
+def write_outputs(out: Path, encoder: nn.Module, figures: dict[str, bytes], summary: dict[str, Any]) -> None:
+    """The end of a run, each file written new and renamed into place: the encoder, the figures, and ``summary.json``
+    last. A folder with ``summary.json`` holds a finished run; one without it (stopped mid-way), a run that
+    ``--resume`` finishes."""
+    save_encoder(encoder, out / ENCODER)
+    for name, png in figures.items():
+        atomic_write(out / name, lambda f, png=png: f.write(png))
+    write_json(out / SUMMARY, summary)

@@ -6,14 +6,16 @@ folder, or reruns another run's ``config.yaml`` as it is (``--config``).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-from selfsup.config.build import data_options, deep_merge, set_dotted
-from selfsup.config.schema import check_assignments, check_config, check_overrides
+from selfsup import distributed
+from selfsup.config.build import DEFAULTS, data_options, deep_merge, set_dotted
+from selfsup.config.schema import check_assignments, check_config, check_overrides, leaves
 from selfsup.run import run_folder, tensorboard
 from selfsup.run.resume import resumed_config
-from selfsup.train.setup import Datasets, load_datasets, make_config
+from selfsup.train.setup import Datasets, load_datasets, make_config, validate
 
 
 def prepare(
@@ -94,7 +96,10 @@ def _rerun(
     if method is not None or data is not None:
         raise ValueError("--config takes the method and the data from the file: drop --method and --data "
                          "(change a setting with --set KEY=VALUE)")
-    cfg = rerun_config(run_folder.read_config(Path(config)), overrides, assignments)
+    saved = run_folder.read_config(Path(config))
+    if unset_defaults(saved):
+        return _fill_in(saved, Path(config), out_dir, data_dir, overrides, assignments, overwrite, datasets)
+    cfg = rerun_config(saved, overrides, assignments)
     if data_dir is not None:
         cfg["data"]["dir"] = data_dir
     tensorboard.wanted(cfg["train"].get("tensorboard", "auto"))
@@ -104,4 +109,55 @@ def _rerun(
     out = Path(out_dir) if out_dir is not None else run_folder.next_version(
         run_folder.default_base(cfg["method"], cfg["data"]["spec"])
     )
+    return cfg, datasets, out
+
+
+def unset_defaults(saved: dict[str, Any]) -> list[str]:
+    """Dotted keys every config.yaml selfsup writes holds and ``saved`` lacks: a file a user wrote by hand.
+
+    (``backbone`` and ``views`` keys are left out: the recipe removes some of them, e.g. a convnet's stem.)
+    """
+    return [key for key, _ in leaves(DEFAULTS) if key.split(".")[0] not in ("backbone", "views") and not _holds(saved, key)]
+
+
+def _holds(cfg: dict[str, Any], dotted: str) -> bool:
+    """Whether ``cfg`` has the key ``dotted`` (with any value, null included)."""
+    *sections, key = dotted.split(".")
+    for section in sections:
+        cfg = cfg.get(section)
+        if not isinstance(cfg, dict):
+            return False
+    return key in cfg
+
+
+def _fill_in(
+    saved: dict[str, Any],
+    file: Path,
+    out_dir: str | Path | None,
+    data_dir: str | None,
+    overrides: dict[str, Any] | None,
+    assignments: list[str] | None,
+    overwrite: bool,
+    datasets: Datasets | None,
+) -> tuple[dict[str, Any], Datasets, Path]:
+    """A config.yaml with only some keys (``method`` and ``data.spec`` at least): the rest from the defaults and
+    the method's preset, fitted to the run as ``--method``/``--data`` would be; the file's keys count as set."""
+    check_config(saved)
+    spec = saved.get("data", {}).get("spec")
+    if not isinstance(spec, str):
+        raise ValueError(f"{file} has no data.spec: add the data to train on (e.g. data: {{spec: digits}})")
+    method = saved["method"]
+    check_assignments(method, assignments)
+    check_overrides(method, overrides)
+    given = deep_merge(saved, deep_merge(overrides or {}, {"data": {"dir": data_dir}} if data_dir else {}))
+    if out_dir is not None:
+        run_folder.check_target(Path(out_dir), resume=False, overwrite=overwrite)
+    datasets = datasets or load_datasets(spec, given["data"].get("dir"), data_options(given, assignments))
+    cfg = make_config(method, spec, datasets.pretrain, given["data"].get("dir"), given, assignments)
+    tensorboard.wanted(cfg["train"]["tensorboard"])
+    validate(cfg, datasets.pretrain, distributed.world_size())  # every config error before the note below
+    if distributed.is_main():
+        print(f"selfsup: {file} sets {len(list(leaves(saved)))} settings; the others are the defaults and {method}'s "
+              "preset, fitted to this run as for --method/--data (the run's config.yaml holds them all)", file=sys.stderr)
+    out = Path(out_dir) if out_dir is not None else run_folder.next_version(run_folder.default_base(method, spec))
     return cfg, datasets, out

@@ -25,7 +25,7 @@ from selfsup.run.checkpoint import load_checkpoint, restore_rng, rng_state, save
 from selfsup.run.divergence import DivergenceGuard
 from selfsup.run.epoch_record import EpochRecord
 from selfsup.run.preemption import Preempted, PreemptionWatch
-from selfsup.run.resume import replan
+from selfsup.run.resume import check_checkpoint, replan
 from selfsup.train.optim import apply_lr, build_optimizer
 from selfsup.train.prepare import prepare
 from selfsup.train.setup import Datasets, build_method, resolve_device, seed_everything, validate
@@ -138,6 +138,7 @@ class Trainer:
     ) -> dict[str, Any]:
         """Train in ``folder`` (None on ranks other than 0, which write nothing) to the end or ``stop_after_epoch``."""
         self.folder, self.out = folder, out
+        self.guard.checkpoint = folder.checkpoint if folder is not None else None
         if resume:
             self._restore(Path(out) / run_folder.CHECKPOINT)
         if folder is not None:
@@ -155,9 +156,9 @@ class Trainer:
                 self.epoch += 1
                 if self.epoch % self.cfg["train"]["checkpoint_every"] == 0 or self.epoch == epochs:
                     self._save()
-        if self.epoch < epochs:
-            return {"stopped_at_epoch": self.epoch}
-        return self._finish()
+            if self.epoch < epochs:
+                return {"stopped_at_epoch": self.epoch}
+            return self._finish()
 
     def _train_epoch(self) -> dict[str, Any]:
         self.method.train()
@@ -278,10 +279,16 @@ class Trainer:
         save_checkpoint(self.folder.checkpoint, state)
 
     def _restore(self, path: Path) -> None:
+        """Continue from ``path``; one line if it is not a checkpoint of this run's model and optimizer."""
         state = load_checkpoint(path)
+        check_checkpoint(state, self.method.state_dict(), path)
         self.method.load_state_dict(state["method"])
-        self.method.load_runtime_state(state["runtime"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.method.load_runtime_state(state["runtime"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise ValueError(f"checkpoint {path} does not fit this run's method or optimizer ({error.__class__.__name__}: "
+                             f"{' '.join(str(error).split())[:200]}): resume with the run's own checkpoint") from None
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         ranks = state["partial"]["ranks"] if state["partial"] else None
         if ranks is not None and len(ranks) != self.world:
@@ -294,6 +301,13 @@ class Trainer:
             replan(self.cfg, state["epochs"], self.epoch, self.step, mid_epoch=self.partial is not None)
 
     def _finish(self) -> dict[str, Any]:
+        """Score the encoder and write the run's outputs, still under the preemption watch.
+
+        Everything slow (the evaluation, the figures) comes before the first write. A signal until then stops the
+        run for requeue (exit 75): its last checkpoint holds the finished training, and ``--resume`` writes the
+        outputs. A signal during the writes, which take a moment, lets them complete: the run is finished (exit 0).
+        ``summary.json`` is written last, so a SIGKILL mid-way leaves a run that ``--resume`` finishes.
+        """
         scores, test_f, test_y = self.evaluate(linear=True)
         summary = {
             "method": self.cfg["method"],
@@ -303,11 +317,19 @@ class Trainer:
             "wall_s": sum(r["epoch_s"] for r in self.history),
             "images_per_s": sum(r["images_per_s"] for r in self.history) / max(len(self.history), 1),
         }
+        figures = {}
+        if self.folder is not None and self.cfg["eval"]["plots"]:
+            figures = report.render_figures(self.history, test_f, test_y, f"{summary['method']} on {summary['data']}")
+        signal = self.watch.requested()  # on every rank, as in the loop
+        if signal:
+            raise Preempted(f"stopped by {signal} after training, before writing the encoder and summary: checkpoint "
+                            f"saved; continue with: selfsup train --resume --out {self.out}")
         if self.folder is not None:
-            report.write_outputs(
-                self.folder.path, self.encoder, summary, self.history, test_f, test_y, self.cfg["eval"]["plots"]
-            )
             self.folder.log_embeddings(test_f, test_y, self.datasets.test, self.step)
+            report.write_outputs(self.folder.path, self.encoder, figures, summary)
+            if self.watch.signal:
+                print(f"selfsup: note: {self.watch.signal} came while the final outputs were written; they were "
+                      "completed, and the run is finished", file=sys.stderr)
         distributed.barrier()
         return summary
 
