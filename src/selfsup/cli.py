@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config.yaml key")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
-    train.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are deleted)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out: the files its manifest lists are deleted, and a folder holding "
+                            "anything else is refused")
     train.set_defaults(fn=_cmd_train)
 
     ev = sub.add_parser("eval", help="kNN, linear probe and/or fine-tuning of a run's encoder")
