@@ -15,6 +15,8 @@ context after the whole sequence, what CPC's downstream linear classifiers read)
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -54,7 +56,7 @@ class ConvGRU(nn.Module):
             channels = width
         self.conv = nn.Sequential(*layers)
         self.gru = nn.GRU(width, context_dim, batch_first=True)
-        self.downsampling = int(torch.tensor(list(strides)).prod())
+        self.downsampling = math.prod(strides)
         self.latent_dim = width
         self.context_dim = context_dim
         self.out_dim = context_dim
