@@ -85,19 +85,21 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="selfsup", description="Self-supervised representation learning.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"selfsup {_version()}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("methods", help="list methods with family, paper and year").set_defaults(fn=_cmd_methods)
 
     train = sub.add_parser("train", help="pre-train an encoder and write a run folder")
     train.add_argument("--config", metavar="RUN/config.yaml", help="rerun a run exactly from its config.yaml")
-    train.add_argument("--method")
+    train.add_argument("--method", metavar="NAME", help=f"the method to train: {', '.join(_method_names())}")
     train.add_argument("--data", help="digits | cifar10 | cifar100 | stl10 | folder:PATH | ucr:NAME | wav:DIR")
     train.add_argument("--data-dir", help="where named datasets are found or downloaded to (default ~/.cache/selfsup)")
     train.add_argument("--backbone", help="resnet18 | resnet50 | convnet | vit_tiny | vit_small | conv_gru | "
                                            "timm:NAME | torchvision:NAME")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--epochs", type=int, help="passes over the data (default: the preset's, e.g. 1000 for SimCLR on CIFAR)")
+    train.add_argument("--batch-size", type=int, help="images per step over all processes (default: the preset's, "
+                                                       "halved by the recipe on small data)")
     train.add_argument("--out", help="run folder (default: a new runs/METHOD-DATA/version_N)")
     train.add_argument("--device", help="cpu | cuda | auto")
     train.add_argument("--compile", action="store_true", help="torch.compile the backbone")
@@ -109,22 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(fn=_cmd_train)
 
     ev = sub.add_parser("eval", help="kNN, linear probe and/or fine-tuning of a run's encoder")
-    ev.add_argument("--run", required=True)
+    ev.add_argument("--run", required=True, help="a run folder written by selfsup train")
     ev.add_argument("--protocol", default="all", help="knn | linear | finetune | all (default; fine-tuning with --labels)")
     ev.add_argument("--labels", help="fine-tuning's labelled subset: 1%%, 10%% or a number of images (class-balanced)")
     ev.add_argument("--data", help="another data SPEC to evaluate on (transfer)")
-    ev.add_argument("--data-dir")
+    ev.add_argument("--data-dir", help="where named datasets are found (default: the run's)")
     ev.set_defaults(fn=_cmd_eval)
 
     cmp = sub.add_parser("compare", help="a markdown table and a figure of finished runs")
-    cmp.add_argument("runs", nargs="+", metavar="RUN")
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="finished run folders")
     cmp.add_argument("--plot", default="compare.png", help="the figure of kNN and loss curves (default compare.png)")
     cmp.set_defaults(fn=_cmd_compare)
 
     exp = sub.add_parser(
         "export", help="the encoder as ONNX, TorchScript or a torchvision/timm ResNet state dict, with its preprocessing"
     )
-    exp.add_argument("--run", required=True)
+    exp.add_argument("--run", required=True, help="a finished run folder")
     exp.add_argument("--format", required=True,
                      help="onnx | torchscript | torchvision | timm (a ResNet-18/50 state dict at width 64)")
     exp.add_argument("--out", help="file (default RUN/encoder.FORMAT...); its preprocessing goes to FILE.json")
@@ -139,21 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
     embed.set_defaults(fn=_cmd_embed)
 
     bench = sub.add_parser("bench", help="one JSON line: images/s, step and backbone time, overhead")
-    bench.add_argument("--method", required=True)
-    bench.add_argument("--backbone", default="resnet18")
-    bench.add_argument("--batch-size", type=int, default=256)
-    bench.add_argument("--steps", type=int, default=5)
-    bench.add_argument("--image-size", type=int, default=32)
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bench.add_argument("--method", required=True, metavar="NAME", help=f"one of: {', '.join(_method_names())}")
+    bench.add_argument("--backbone", default="resnet18", help="the encoder to time (default resnet18)")
+    bench.add_argument("--batch-size", type=int, default=256, help="images per step (default 256)")
+    bench.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default 5)")
+    bench.add_argument("--image-size", type=int, default=32, help="side of the random images (default 32)")
+    bench.add_argument("--device", default="auto", help="cpu | cuda | auto (default)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     bench.add_argument("--vs-backbone", action="store_true", help="also print the overhead ratio as a sentence")
     bench.set_defaults(fn=_cmd_bench)
 
     demo = sub.add_parser("demo", help="SimCLR on digits on CPU in about a minute")
     demo.add_argument("--out", help="run folder (default: a new runs/demo/version_N)")
-    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     demo.set_defaults(fn=_cmd_demo)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("selfsup")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _method_names() -> list[str]:
+    from selfsup import methods
+
+    return list(methods.available())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from selfsup.nn.momentum import ema_update, momentum_copy
 class AdCo(Method):
     name = "adco"
     family = "contrastive"
+    prevents_collapse = "negatives as parameters trained adversarially (gradient ascent)"
     paper = "AdCo: Adversarial Contrast for Efficient Learning of Unsupervised Representations from Self-Trained Negative Adversaries (Hu, Wang, Hu, Qi; CVPR)"
     year = 2021
 

@@ -22,6 +22,7 @@ from selfsup.nn.heads import mlp
 class BarlowTwins(Method):
     name = "barlow_twins"
     family = "infomax"
+    prevents_collapse = "cross-correlation of the two views pushed to the identity"
     paper = "Barlow Twins: Self-Supervised Learning via Redundancy Reduction (Zbontar et al., ICML)"
     year = 2021
 

@@ -49,6 +49,7 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     family: ClassVar[str]  # "contrastive" | "clustering" | "distillation" | "infomax"
+    prevents_collapse: ClassVar[str]  # what stops every input mapping to one point, for `selfsup methods`
     paper: ClassVar[str]
     year: ClassVar[int]
     needs_labels: ClassVar[bool] = False

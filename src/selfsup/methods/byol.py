@@ -24,6 +24,7 @@ from selfsup.nn.momentum import cosine_momentum, ema_update, momentum_copy
 class BYOL(Method):
     name = "byol"
     family = "distillation"
+    prevents_collapse = "predictor + EMA target (momentum 0.996 -> 1, cosine)"
     paper = "Bootstrap Your Own Latent: A New Approach to Self-Supervised Learning (Grill et al., NeurIPS)"
     year = 2020
 

@@ -64,6 +64,7 @@ class RowCausalContext(nn.Module):
 class CPC(Method):
     name = "cpc"
     family = "contrastive"
+    prevents_collapse = "predicting future latents against other samples' latents (InfoNCE)"
     paper = "Representation Learning with Contrastive Predictive Coding (van den Oord, Li, Vinyals, arXiv)"
     year = 2018
     data_kind = "any"

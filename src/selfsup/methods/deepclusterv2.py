@@ -53,6 +53,7 @@ def spherical_kmeans(x: Tensor, k: int, iters: int, generator: torch.Generator) 
 class DeepClusterV2(Method):
     name = "deepclusterv2"
     family = "clustering"
+    prevents_collapse = "k-means of a feature memory every epoch, fixed prototypes"
     paper = "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments (Caron et al., NeurIPS)"
     year = 2020
 

@@ -60,6 +60,7 @@ class GlobalEncoder(nn.Module):
 class DeepInfoMax(Method):
     name = "dim"
     family = "contrastive"
+    prevents_collapse = "local features must identify their own image's global vector (JSD)"
     paper = "Learning deep representations by mutual information estimation and maximization (Hjelm et al., ICLR)"
     year = 2019
 

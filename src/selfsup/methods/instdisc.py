@@ -54,6 +54,7 @@ from selfsup.nn.memory import MemoryBank
 class InstDisc(Method):
     name = "instdisc"
     family = "contrastive"
+    prevents_collapse = "a memory bank of all N embeddings, NCE against noise samples"
     paper = "Unsupervised Feature Learning via Non-Parametric Instance Discrimination (Wu, Xiong, Yu, Lin; CVPR)"
     year = 2018
 

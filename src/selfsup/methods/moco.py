@@ -103,6 +103,7 @@ def momentum_keys(key_encoder: nn.Module, key_projector: nn.Module, x: Tensor, s
 class MoCo(Method):
     name = "moco"
     family = "contrastive"
+    prevents_collapse = "a queue of keys from a momentum encoder as negatives"
     paper = "Improved Baselines with Momentum Contrastive Learning (Chen, Fan, Girshick, He; MoCo v2, arXiv)"
     year = 2020
 

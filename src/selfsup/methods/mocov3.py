@@ -29,6 +29,7 @@ from selfsup.nn.vit import VisionTransformer
 class MoCoV3(Method):
     name = "mocov3"
     family = "contrastive"
+    prevents_collapse = "in-batch negatives, momentum encoder, predictor"
     paper = "An Empirical Study of Training Self-Supervised Vision Transformers (Chen, Xie & He, ICCV)"
     year = 2021
 

@@ -24,6 +24,7 @@ from selfsup.nn.heads import mlp
 class SimCLR(Method):
     name = "simclr"
     family = "contrastive"
+    prevents_collapse = "other images of the batch as negatives (NT-Xent)"
     paper = "A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., ICML)"
     year = 2020
 

@@ -22,6 +22,7 @@ from selfsup.nn.heads import mlp
 class SimSiam(Method):
     name = "simsiam"
     family = "distillation"
+    prevents_collapse = "predictor + stop-gradient (fixed predictor lr)"
     paper = "Exploring Simple Siamese Representation Learning (Chen & He, CVPR)"
     year = 2021
 

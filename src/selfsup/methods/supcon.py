@@ -21,6 +21,7 @@ from selfsup.nn.heads import mlp
 class SupCon(Method):
     name = "supcon"
     family = "contrastive"
+    prevents_collapse = "negatives of other classes (uses labels)"
     paper = "Supervised Contrastive Learning (Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan; NeurIPS)"
     year = 2020
     needs_labels = True

@@ -35,6 +35,7 @@ def encode_crops(encoder: nn.Module, views: list[Tensor]) -> Tensor:
 class SwAV(Method):
     name = "swav"
     family = "clustering"
+    prevents_collapse = "equal-size cluster assignments (Sinkhorn-Knopp), multi-crop"
     paper = "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments (Caron et al., NeurIPS)"
     year = 2020
 

@@ -18,6 +18,7 @@ from selfsup.nn.heads import mlp
 class VICReg(Method):
     name = "vicreg"
     family = "infomax"
+    prevents_collapse = "variance hinge + covariance penalty"
     paper = "VICReg: Variance-Invariance-Covariance Regularization for Self-Supervised Learning (Bardes et al., ICLR)"
     year = 2022
 

@@ -22,6 +22,7 @@ from selfsup.nn.heads import mlp
 class WMSE(Method):
     name = "wmse"
     family = "infomax"
+    prevents_collapse = "whitening of the batch (Cholesky) before the MSE"
     paper = "Whitening for Self-Supervised Representation Learning (Ermolov et al., ICML)"
     year = 2021
 
