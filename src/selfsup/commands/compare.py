@@ -77,11 +77,20 @@ def figure_path(plot: str | Path) -> Path:
     return plot if plot.suffix else plot.with_name(plot.name + ".png")
 
 
+def legend_labels(runs: list[tuple[Path, dict[str, Any]]], histories: list[list[dict[str, Any]]]) -> dict[str, list]:
+    """Each run's metrics under 'METHOD on DATA' (its folder added where two runs would share that label)."""
+    names = [f"{cfg.get('method')} on {cfg.get('data', {}).get('spec')}" for _, cfg in runs]
+    return {
+        name if names.count(name) == 1 else f"{name} ({run})": history
+        for name, (run, _), history in zip(names, runs, histories)
+    }
+
+
 def compare(runs: list[str | Path], plot: str | Path = "compare.png") -> str:
     """The markdown table of ``runs`` (kNN, linear, fine-tune in %); writes their kNN and loss curves to
     ``figure_path(plot)``."""
     if not runs:
         raise ValueError("compare needs at least one run folder")
     loaded = [(Path(run), *load_finished(Path(run))) for run in runs]
-    plot_runs({str(run): rows for run, _, _, rows in loaded}, figure_path(plot))
+    plot_runs(legend_labels([(run, cfg) for run, cfg, _, _ in loaded], [rows for *_, rows in loaded]), figure_path(plot))
     return markdown_table([row(run, cfg, summary) for run, cfg, summary, _ in loaded])

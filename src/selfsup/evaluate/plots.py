@@ -6,6 +6,7 @@ new file ``run.files.atomic_write`` renames into place, never written through a 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -21,6 +22,21 @@ def _pyplot():
     return plt
 
 
+SHORT_RUN = 30  # epochs up to which each point gets a marker (a run of 2 epochs would otherwise show dots or nothing)
+
+
+def _epoch_axis(ax: Any) -> None:
+    """Whole-number epoch ticks (matplotlib would tick 1.0, 1.2, ... on a 2-epoch run)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def _style(points: int) -> str:
+    return "o-" if points <= SHORT_RUN else "-"
+
+
 def _save(fig: Any, target: str | Path | BinaryIO) -> None:
     """``fig`` to ``target``: a path (its suffix picks the format), or an open binary file (PNG)."""
     fig.savefig(target, dpi=120, **({} if isinstance(target, (str, Path)) else {"format": "png"}))
@@ -31,9 +47,9 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path | BinaryIO, titl
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["loss"] for r in history], color="tab:blue", label="loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss", color="tab:blue")
+    ax.plot(epochs, [r["loss"] for r in history], _style(len(epochs)), color="tab:blue", label="loss", markersize=3)
+    _epoch_axis(ax)
+    ax.set_ylabel("training loss", color="tab:blue")
     evaluated = [r for r in history if r.get("knn_top1") is not None]
     if evaluated:
         ax2 = ax.twinx()
@@ -47,9 +63,10 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path | BinaryIO, titl
 
 def plot_embedding_map(
     features: np.ndarray, labels: np.ndarray, path: str | Path | BinaryIO, title: str = "", max_points: int = 2000,
-    seed: int = 0,
+    seed: int = 0, classes: list[str] | None = None,
 ) -> None:
-    """t-SNE (van der Maaten & Hinton 2008) of at most ``max_points`` features, coloured by class."""
+    """t-SNE (van der Maaten & Hinton 2008) of at most ``max_points`` held-out features, coloured by class and
+    named by ``classes`` (label i is ``classes[i]``; labels < 0 are unlabelled); the title says what is drawn."""
     from sklearn.manifold import TSNE
 
     plt = _pyplot()
@@ -59,34 +76,44 @@ def plot_embedding_map(
         features, labels = features[keep], labels[keep]
     perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
     points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6)
-    ax.legend(*scatter.legend_elements(), loc="best", fontsize=7, markerscale=0.8, title="class")
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    present = sorted(set(labels.tolist()))
+    colours = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
+    for i, label in enumerate(present):
+        mine = labels == label
+        name = "unlabelled" if label < 0 else (classes[label] if classes and label < len(classes) else str(label))
+        ax.scatter(points[mine, 0], points[mine, 1], s=6, color=colours(i % colours.N), label=name)
+    if 1 < len(present) <= 20:
+        ax.legend(loc="best", fontsize=7, markerscale=1.5, title="class")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title)
+    ax.set_title(f"{title}\nt-SNE of {len(features)} held-out embeddings" if title else
+                 f"t-SNE of {len(features)} held-out embeddings", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
 
 
 def plot_runs(histories: dict[str, list[dict[str, Any]]], path: str | Path | BinaryIO) -> None:
-    """kNN top-1 (left) and loss (right) per epoch of several runs, one colour per run (``selfsup compare``)."""
+    """kNN top-1 (left) and loss relative to its first epoch (right; losses of different methods differ in scale by
+    10x and more) per epoch of several runs, one colour per run and one legend of ``histories``' keys below both."""
     plt = _pyplot()
-    fig, (knn, loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, history in histories.items():
+    fig, (knn, loss) = plt.subplots(1, 2, figsize=(11, 4.4), sharex=True)
+    for marker, (label, history) in zip(itertools.cycle("os^Dvp"), histories.items()):
         evaluated = [r for r in history if r.get("knn_top1") is not None]
-        line = loss.plot([r["epoch"] for r in history], [r["loss"] for r in history], label=label)[0]
-        if evaluated:
-            knn.plot([r["epoch"] for r in evaluated], [100 * r["knn_top1"] for r in evaluated], "o-",
-                     color=line.get_color(), label=label)
-    knn.set_xlabel("epoch")
+        first = abs(history[0]["loss"]) or 1.0
+        line = loss.plot([r["epoch"] for r in history], [r["loss"] / first for r in history],
+                         marker=marker if len(history) <= SHORT_RUN else None, label=label, markersize=4)[0]
+        if evaluated:  # runs that score the same would hide each other: hollow markers of their own shape
+            knn.plot([r["epoch"] for r in evaluated], [100 * r["knn_top1"] for r in evaluated], marker=marker,
+                     color=line.get_color(), markersize=7, markerfacecolor="none")
+    for ax in (knn, loss):
+        _epoch_axis(ax)
     knn.set_ylabel("kNN top-1 (%)")
-    knn.set_title("kNN top-1 where evaluated")
-    loss.set_xlabel("epoch")
-    loss.set_ylabel("loss")
-    loss.set_title("training loss")
-    loss.legend(loc="best", fontsize=7)
-    fig.tight_layout()
+    knn.set_title("kNN top-1 on the held-out split, where evaluated", fontsize=10)
+    loss.set_ylabel("loss / |first epoch's loss|")
+    loss.set_title("training loss, each relative to its first epoch", fontsize=10)
+    fig.legend(loc="lower center", ncol=min(len(histories), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(histories) - 1) // 4), 1, 1))
     _save(fig, path)
     plt.close(fig)

@@ -47,13 +47,14 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def render_figures(
-    history: list[dict[str, Any]], features: torch.Tensor, labels: torch.Tensor, title: str
+    history: list[dict[str, Any]], features: torch.Tensor, labels: torch.Tensor, title: str,
+    classes: list[str] | None = None,
 ) -> dict[str, bytes]:
     """``curves.png`` and ``embedding_map.png`` as PNG bytes, drawn before anything is written (the t-SNE takes
     seconds), so that the final writes are short."""
     curves, embedding_map = io.BytesIO(), io.BytesIO()
     plot_curves(history, curves, title)
-    plot_embedding_map(features.float().cpu().numpy(), labels.cpu().numpy(), embedding_map, title)
+    plot_embedding_map(features.float().cpu().numpy(), labels.cpu().numpy(), embedding_map, title, classes=classes)
     return {"curves.png": curves.getvalue(), "embedding_map.png": embedding_map.getvalue()}
 
 

@@ -319,7 +319,8 @@ class Trainer:
         }
         figures = {}
         if self.folder is not None and self.cfg["eval"]["plots"]:
-            figures = report.render_figures(self.history, test_f, test_y, f"{summary['method']} on {summary['data']}")
+            figures = report.render_figures(self.history, test_f, test_y, f"{summary['method']} on {summary['data']}",
+                                            self.datasets.test.classes)
         signal = self.watch.requested()  # on every rank, as in the loop
         if signal:
             raise Preempted(f"stopped by {signal} after training, before writing the encoder and summary: checkpoint "
