@@ -72,3 +72,9 @@ def test_compare_labels_runs_by_method_and_data_and_tells_twins_apart():
             (Path("c/v0"), {"method": "simclr", "data": {"spec": "cifar10"}})]
     assert list(legend_labels(runs, [[], [], []])) == ["byol on digits (a/v0)", "byol on digits (b/v0)",
                                                        "simclr on cifar10"]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_a_handful_of_points_gets_a_pca_map_instead_of_failing(drawn, count):
+    plots.plot_embedding_map(np.random.default_rng(0).normal(size=(count, 6)), np.arange(count) % 2, "unused.png")
+    assert f"PCA of {count} held-out" in drawn[0].axes[0].get_title()

@@ -143,6 +143,10 @@ def test_wav_folder_classes_splits_and_errors(tmp_path):
     assert len(skipped) + len(load_wav_folder(tmp_path / "clips", "test", on_error="skip")) == 8
     with pytest.raises(FileNotFoundError, match="WAV folder not found"):
         load_wav_folder(tmp_path / "missing", "train")
+    for i in range(2):  # one clip a class: 25 % of it rounds to no test clip
+        _write_wav(tmp_path / "pair" / f"c{i}" / "0.wav", _sine(200, 8000, 0.05), 8000)
+    with pytest.raises(ValueError, match=r"the 2 WAV files in .*pair leave none for the test split .*pair/train"):
+        load_wav_folder(tmp_path / "pair", "test")
 
 
 def test_truncated_wav_is_reported(tmp_path):

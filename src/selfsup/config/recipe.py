@@ -6,12 +6,11 @@ run of 20 epochs over 1,257 digits they stop doing their job: 10 warm-up epochs 
 run, a 4096-key queue holds every image's own older keys as negatives, an EMA target with a
 100-step time constant barely moves in 80 steps, 3000 prototypes outnumber the images.
 
-``fit_recipe`` keeps every preset number whose role survives at this size and rescales the
-others by the role they play in the paper's setting, each rule below saying which. A key the
-user set (``--set``, a command-line flag, an override) is never touched. The config's
-``recipe`` section records every change with the preset's value and the reason, so
-``config.yaml`` still says exactly what ran; a config read back (resume, rerun) is not refitted.
-At the papers' own scale every rule leaves the preset as it is.
+``fit_recipe`` keeps every preset number whose role survives at this size and rescales the others by the role
+they play in the paper's setting, each rule below saying which (sequences: ``recipe_sequences``). A key the user
+set (``--set``, a command-line flag, an override) is never touched. The config's ``recipe`` section records every
+change with the preset's value and the reason, so ``config.yaml`` still says exactly what ran; a config read back
+(resume, rerun) is not refitted. At the papers' own scale every rule leaves the preset as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from selfsup import distributed
+from selfsup.config.recipe_sequences import SEQUENCE_RULES, SequenceSize, activation_notes, sequence_run
 from selfsup.config.schedule import schedule_sum
 from selfsup.data import ArrayDataset
 
@@ -77,32 +78,32 @@ def is_explicit(key: str, explicit: set[str]) -> bool:
     return any(".".join(parts[:i]) in explicit for i in range(1, len(parts) + 1))
 
 
-def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str]) -> dict[str, Any]:
+def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str], processes: int | None = None) -> dict[str, Any]:
     """``cfg`` with the run-relative preset values rescaled to ``data`` and ``train.epochs``.
 
-    The returned config's ``recipe`` section maps each changed key to its value, the preset's
-    value and why; ``recipe.fit: false`` in ``cfg`` (or the user's ``--set recipe.fit=false``)
-    keeps the preset verbatim.
+    The returned config's ``recipe`` section maps each changed key to its value, the preset's value and why;
+    ``recipe.fit: false`` in ``cfg`` (or the user's ``--set recipe.fit=false``) keeps the preset verbatim. Sequences
+    follow ``recipe_sequences``: window, CPC steps, a batch whose activations fit over ``processes`` (default: the run's).
     """
     check_run_length(cfg, len(data))
     cfg = copy.deepcopy(cfg)
     recipe = cfg.setdefault("recipe", {})
     recipe.setdefault("fit", True)
-    if not recipe["fit"] or data.kind != "image":
+    if not recipe["fit"] or data.kind not in ("image", "sequence"):
         return cfg
+    sequences = SequenceSize(len(data), data.input_size, data.channels, processes or distributed.world_size())
     changes: dict[str, Any] = {}
-    for rule in RULES:
-        size = run_size(cfg, data)
+    for rule in SEQUENCE_RULES if data.kind == "sequence" else RULES:
+        size = sequences if data.kind == "sequence" else run_size(cfg, data)
         for key, (value, why) in rule(cfg, size).items():
-            if is_explicit(key, explicit):
-                continue
             preset = get_dotted(cfg, key)
-            if preset == value:
+            if is_explicit(key, explicit) or preset == value:
                 continue
             set_dotted_value(cfg, key, value)
             changes[key] = {"value": value, "preset": preset, "why": why}
     size = run_size(cfg, data)
-    recipe["run"] = {"images": size.samples, "epochs": size.epochs, "steps": size.steps, "image_side": size.image_side}
+    recipe["run"] = sequence_run(cfg, sequences) if data.kind == "sequence" else {
+        "images": size.samples, "epochs": size.epochs, "steps": size.steps, "image_side": size.image_side}
     recipe["changes"] = changes
     return cfg
 
@@ -390,9 +391,10 @@ def set_dotted_value(cfg: dict[str, Any], key: str, value: Any) -> None:
 
 
 def describe(cfg: dict[str, Any]) -> str | None:
-    """One line naming what the recipe changed (the reasons are in config.yaml), or None if nothing."""
-    changes = cfg.get("recipe", {}).get("changes", {})
-    if not changes:
-        return None
+    """One line naming what the recipe changed (the reasons are in config.yaml) and a sequence step's activations
+    past the budget (``activation_notes``: what the user set), or None if neither."""
+    recipe = cfg.get("recipe", {})
+    changes = recipe.get("changes", {})
     values = ", ".join(f"{key}={c['value']}" for key, c in changes.items() if c["value"] is not None)
-    return f"fitted to this run: {values} (why: the recipe section of config.yaml; --set KEY=... overrides)"
+    notes = [f"fitted to this run: {values} (why: the recipe section of config.yaml; --set KEY=... overrides)"] if changes else []
+    return "; ".join(notes + activation_notes(recipe.get("run", {}))) or None

@@ -146,20 +146,25 @@ def _find_ucr(name: str, part: str, root: str | None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    candidates.append(_sktime_data() / name / filename)
-    if candidates[-1].is_file():
-        return candidates[-1]
+    shipped = _sktime_data()
+    if shipped is not None:
+        candidates.append(shipped / name / filename)
+        if candidates[-1].is_file():
+            return candidates[-1]
+    looked = ", ".join(str(c.parent) for c in candidates) or "nowhere (no --data-dir)"
+    sktime = "" if shipped is not None else "; sktime, whose copies of GunPoint and others are looked up last, is not installed"
     raise FileNotFoundError(
-        f"UCR problem '{name}': {filename} not found in {', '.join(str(c.parent) for c in candidates)}; "
+        f"UCR problem '{name}': {filename} not found in {looked}{sktime}; "
         "download it from timeseriesclassification.com into --data-dir, or give a .ts path"
     )
 
 
-def _sktime_data() -> Path:
+def _sktime_data() -> Path | None:
+    """The folder of UCR/UEA problems sktime ships, or None without sktime."""
     try:
         return Path(str(files("sktime.datasets") / "data"))
     except ModuleNotFoundError:
-        return Path("sktime-is-not-installed")
+        return None
 
 
 def _natural_key(text: str) -> tuple:
@@ -236,7 +241,11 @@ def load_wav_folder(
         chosen = _list_wavs(root / part, classes)
     else:
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-        chosen = _split_files(_list_wavs(root, classes), part)
+        listed = _list_wavs(root, classes)
+        chosen = _split_files(listed, part)
+        if listed and not chosen:
+            raise ValueError(f"the {len(listed)} WAV files in {root} leave none for the {part} split "
+                             f"({WAV_TEST_FRACTION:.0%} of each class, rounded): add files, or use {root}/train and {root}/test")
     if not chosen:
         raise ValueError(f"no .wav files in {root / part if (root / part).is_dir() else root}; expected CLASS/*.wav subfolders")
     audio, labels, skipped = [], [], []

@@ -66,16 +66,14 @@ def plot_embedding_map(
     seed: int = 0, classes: list[str] | None = None,
 ) -> None:
     """t-SNE (van der Maaten & Hinton 2008) of at most ``max_points`` held-out features, coloured by class and
-    named by ``classes`` (label i is ``classes[i]``; labels < 0 are unlabelled); the title says what is drawn."""
-    from sklearn.manifold import TSNE
-
+    named by ``classes`` (label i is ``classes[i]``; labels < 0 are unlabelled); the title says what is drawn.
+    Fewer than ``MIN_TSNE_POINTS`` points get their first two principal components (t-SNE's perplexity needs more)."""
     plt = _pyplot()
     rng = np.random.default_rng(seed)
     if len(features) > max_points:
         keep = rng.choice(len(features), max_points, replace=False)
         features, labels = features[keep], labels[keep]
-    perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
-    points = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
+    points, how = _map_2d(features, seed)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     present = sorted(set(labels.tolist()))
     colours = plt.get_cmap("tab10" if len(present) <= 10 else "tab20")
@@ -87,11 +85,27 @@ def plot_embedding_map(
         ax.legend(loc="best", fontsize=7, markerscale=1.5, title="class")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{title}\nt-SNE of {len(features)} held-out embeddings" if title else
-                 f"t-SNE of {len(features)} held-out embeddings", fontsize=10)
+    what = f"{how} of {len(features)} held-out embeddings"
+    ax.set_title(f"{title}\n{what}" if title else what, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+MIN_TSNE_POINTS = 10
+
+
+def _map_2d(features: np.ndarray, seed: int) -> tuple[np.ndarray, str]:
+    """[N, 2] points of ``features`` and the name of the map that made them."""
+    if len(features) >= MIN_TSNE_POINTS:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(features) - 1) // 3)))
+        return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features), "t-SNE"
+    centred = features - features.mean(axis=0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    points = centred @ axes[:2].T
+    return np.pad(points, ((0, 0), (0, 2 - points.shape[1]))), "PCA"
 
 
 def plot_runs(histories: dict[str, list[dict[str, Any]]], path: str | Path | BinaryIO) -> None:

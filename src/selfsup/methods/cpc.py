@@ -82,7 +82,8 @@ class CPC(Method):
             latent_steps = (info.input_size - self.encoder.patch) // self.encoder.stride + 1
         else:
             latent_dim, context_dim = encoder.latent_dim, encoder.context_dim
-            latent_steps = info.input_size // getattr(encoder, "downsampling", 1)
+            window = min((cfg.get("views") or {}).get("crop_length") or info.input_size, info.input_size)
+            latent_steps = window // getattr(encoder, "downsampling", 1)  # per training window (views.crop_length)
         if not 1 <= steps < latent_steps:
             raise ValueError(
                 f"cpc predicts {steps} steps ahead but the encoder gives {latent_steps} latent steps (rows); "

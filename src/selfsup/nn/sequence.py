@@ -16,14 +16,14 @@ context after the whole sequence, what CPC's downstream linear classifiers read)
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 AUDIO_STRIDES = (5, 4, 2, 2, 2)
 AUDIO_KERNELS = (10, 8, 4, 4, 4)
+AUDIO_WIDTH = 512
+AUDIO_CONTEXT = 256
 
 
 class ConvGRU(nn.Module):
@@ -32,8 +32,8 @@ class ConvGRU(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        width: int = 512,
-        context_dim: int = 256,
+        width: int = AUDIO_WIDTH,
+        context_dim: int = AUDIO_CONTEXT,
         strides: Sequence[int] = AUDIO_STRIDES,
         kernels: Sequence[int] = AUDIO_KERNELS,
         norm: str = "none",
@@ -98,8 +98,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 def conv_gru(
     in_channels: int = 1,
-    width: int = 512,
-    context_dim: int = 256,
+    width: int = AUDIO_WIDTH,
+    context_dim: int = AUDIO_CONTEXT,
     strides: Sequence[int] = AUDIO_STRIDES,
     kernels: Sequence[int] = AUDIO_KERNELS,
     norm: str = "none",
