@@ -183,15 +183,15 @@ def test_embed_writes_exactly_the_file_it_is_given(tmp_path, monkeypatch):
     import numpy as np
 
     from selfsup.commands import embed as embed_module
+    from selfsup.data import ArrayDataset
 
-    class Data:
-        kind, channels = "image", 1
-
+    data = ArrayDataset(torch.zeros(3, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long), ["a"], "d")
     monkeypatch.setattr(embed_module, "load_run", lambda run: ({"train": {"device": "cpu"}, "data": {"spec": "d"}},
-                                                               torch.nn.Identity(), Data()))
-    monkeypatch.setattr(embed_module, "load_dataset", lambda *a, **k: Data())
+                                                               torch.nn.Identity(), data))
+    monkeypatch.setattr(embed_module, "load_dataset", lambda *a, **k: data)
     monkeypatch.setattr(embed_module, "extract_features", lambda *a: torch.ones(3, 2))
     out = tmp_path / "X.json"
     assert embed_module.embed("run", "digits", out) == (3, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X.json"]
-    assert np.load(out).shape == (3, 2)
+    with np.load(out) as saved:
+        assert saved["features"].shape == (3, 2) and saved["paths"].tolist() == ["all/0", "all/1", "all/2"]

@@ -140,7 +140,7 @@ def test_non_square_images_become_squares_and_a_grayscale_folder_keeps_one_chann
     data = load_dataset(f"folder:{tmp_path}", tmp_path / "cache", "train", image_size=10, progress=False).data
     assert data.shape == (1, 1, 10, 10) and (data == 200).all()
     Image.fromarray(np.full((10, 10, 3), (200, 10, 10), np.uint8), mode="RGB").save(tmp_path / "train" / "a" / "red.png")
-    data = load_dataset(f"folder:{tmp_path}", tmp_path / "cache", "train", image_size=10, progress=False).data
+    data = load_dataset(f"folder:{tmp_path}", tmp_path / "cache", "pretrain", image_size=10, progress=False).data
     assert data.shape == (2, 3, 10, 10) and (data[:, 0] == 200).all()  # one colour image: the folder stays RGB
 
 

@@ -7,6 +7,10 @@ The Python API, imported on first use (``import selfsup`` stays light):
     selfsup.embed(run, data, out)                     a run encoder's features (``selfsup embed``)
     selfsup.export(run, "onnx")                       the encoder for other runtimes (``selfsup export``)
     selfsup.load_encoder(run)                         the trained encoder, with ``.preprocessing``
+
+A run trained with ``fit(..., encoder=MODULE)`` loads from the TorchScript program it holds; where none could be
+made, ``load_encoder``, ``evaluate_run`` and ``export`` take ``encoder=MODULE`` (built as for training) and load the
+run's weights into it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,20 @@ import argparse
 import json
 import os
 import sys
+import time
+
+STARTED = time.perf_counter()  # the command's wall time counts from here, imports of torch included
+
+
+def _emit(args: argparse.Namespace, result: dict, for_a_person: str) -> None:
+    """A command's result: JSON on stdout with --json or when stdout is a file or pipe (then the person's version goes
+    to stderr, unless --json); on a terminal, the person's version only."""
+    if args.json or not sys.stdout.isatty():
+        print(json.dumps(result))
+        if not args.json:
+            print(for_a_person, file=sys.stderr)
+    else:
+        print(for_a_person)
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -25,17 +39,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
             overrides["train"][key] = getattr(args, key)
     if args.compile:
         overrides["train"]["compile"] = True
+    from selfsup.run.console import summary_table
+
     summary = fit(
         args.method, args.data, out_dir=args.out, data_dir=args.data_dir, overrides=overrides,
         assignments=args.set, resume=args.resume, overwrite=args.overwrite, config=args.config,
     )
-    print(json.dumps(summary))
+    _emit(args, summary, summary_table(summary, summary.get("run")))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from selfsup.commands.evaluation import evaluate_run
+    from selfsup.run.console import scores_table
 
-    print(json.dumps(evaluate_run(args.run, args.protocol, args.labels, args.data, args.data_dir)))
+    results = evaluate_run(args.run, args.protocol, args.labels, args.data, args.data_dir)
+    _emit(args, results, scores_table(results, args.run))
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -48,14 +66,15 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from selfsup.commands.export import export
 
-    print(json.dumps(export(args.run, args.format, args.out)))
+    result = export(args.run, args.format, args.out)
+    _emit(args, result, f"selfsup: wrote {result.get('out', result)}")
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
     from selfsup.commands.embed import embed
 
     shape = embed(args.run, args.data, args.out, split=args.split, data_dir=args.data_dir)
-    print(json.dumps({"out": args.out, "shape": list(shape)}))
+    print(json.dumps({"out": args.out, "split": args.split, "shape": list(shape)}))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -74,6 +93,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from selfsup.commands.demo import demo
 
     demo(args.out, args.set)
+
+
+JSON_HELP = "print the result as one JSON line only (the default when stdout is not a terminal)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run in --out: the files its manifest lists are deleted, and a folder holding "
                             "anything else is refused")
+    train.add_argument("--json", action="store_true", help=JSON_HELP)
     train.set_defaults(fn=_cmd_train)
 
     ev = sub.add_parser("eval", help="kNN, linear probe and/or fine-tuning of a run's encoder")
@@ -116,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--labels", help="fine-tuning's labelled subset: 1%%, 10%% or a number of images (class-balanced)")
     ev.add_argument("--data", help="another data SPEC to evaluate on (transfer)")
     ev.add_argument("--data-dir", help="where named datasets are found (default: the run's)")
+    ev.add_argument("--json", action="store_true", help=JSON_HELP)
     ev.set_defaults(fn=_cmd_eval)
 
     cmp = sub.add_parser("compare", help="a markdown table and a figure of finished runs")
@@ -130,14 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", required=True,
                      help="onnx | torchscript | torchvision | timm (a ResNet-18/50 state dict at width 64)")
     exp.add_argument("--out", help="file (default RUN/encoder.FORMAT...); its preprocessing goes to FILE.json")
+    exp.add_argument("--json", action="store_true", help=JSON_HELP)
     exp.set_defaults(fn=_cmd_export)
 
-    embed = sub.add_parser("embed", help="write a run encoder's features of a dataset to .npy")
-    embed.add_argument("--run", required=True)
-    embed.add_argument("--data", required=True)
-    embed.add_argument("--data-dir")
-    embed.add_argument("--split", default="test", choices=["pretrain", "train", "test"])
-    embed.add_argument("--out", required=True)
+    embed = sub.add_parser(
+        "embed", help="write a run encoder's features of every image of a dataset, with each row's file and label, "
+                      "to one .npz")
+    embed.add_argument("--run", required=True, help="a finished run folder")
+    embed.add_argument("--data", required=True, help="data SPEC to embed: the run's own, or other data of its kind")
+    embed.add_argument("--data-dir", help="where named datasets are found")
+    embed.add_argument("--split", default="all", choices=["all", "train", "test", "pretrain"],
+                       help="all (default): every image (a folder's train and test, or all its images; other data's "
+                            "train then test); test: a folder's held-out images (without train/ and test/ folders: "
+                            "those in RUN/eval_split.json)")
+    embed.add_argument("--out", required=True, metavar="FILE.npz",
+                       help="written exactly (new file, then renamed): features [N, D] float32, paths (each row's file, "
+                            "or split/index), labels (-1: none) and classes; np.load(FILE) reads it without pickle. A "
+                            "name ending in .npy gets the features alone")
     embed.set_defaults(fn=_cmd_embed)
 
     bench = sub.add_parser("bench", help="one JSON line: images/s, step and backbone time, overhead")
@@ -176,8 +209,10 @@ def _method_names() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; every failure is one line on stderr: exit 2 for input the user can fix, 75 when preempted
     (resume to continue), 1 for anything unforeseen (``SELFSUP_DEBUG=1`` shows its traceback)."""
+    from selfsup.run.console import mark_command_start
     from selfsup.run.preemption import REQUEUE_EXIT_CODE, Preempted
 
+    mark_command_start(STARTED)
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

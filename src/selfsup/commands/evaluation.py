@@ -13,22 +13,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.config.build import DEFAULTS
-from selfsup.config.recipe import KNN_CLASS_FRACTION
+from selfsup.config.recipe_rules import knn_k
 from selfsup.config.schema import check_config
 from selfsup.data import ArrayDataset, load_dataset
 from selfsup.data.base import Datasets
 from selfsup.data.images import channel_stats
-from selfsup.evaluate.scoring import score_encoder
+from selfsup.evaluate.scoring import no_labels, score_encoder
 from selfsup.nn.backbones import build_backbone
+from selfsup.run import custom_encoder
 from selfsup.run.report import load_encoder as load_weights
-from selfsup.run.report import write_json
+from selfsup.run.report import read_weights, write_json
 from selfsup.run.run_folder import read_config
 from selfsup.train.setup import load_datasets, resolve_device, seed_everything
 
 
-def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
+def load_run(run: str | Path, encoder: nn.Module | None = None) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
     """The run's config, its trained encoder (from ``encoder.safetensors``) and its data's test split, normalised
-    with the statistics of the split the encoder trained on."""
+    with the statistics of the split the encoder trained on.
+
+    encoder: a module to load the run's weights into (all of them, nothing else), instead of the one config.yaml
+    describes. A run trained with a custom encoder (``fit(..., encoder=MODULE)``) needs it unless the run holds
+    the encoder's TorchScript program (``run/custom_encoder.py``), which is then loaded; without either, one line
+    says how to call this from Python."""
     run = Path(run)
     weights = run / "encoder.safetensors"
     if not (run / "config.yaml").is_file():
@@ -37,17 +43,25 @@ def load_run(run: str | Path) -> tuple[dict[str, Any], nn.Module, ArrayDataset]:
     check_config(cfg)
     if not weights.is_file():
         raise FileNotFoundError(f"{run} has no encoder.safetensors yet: the run has not finished (resume it with --resume)")
+    program = custom_encoder.load_program(run, cfg) if encoder is None and custom_encoder.is_custom(cfg) else None
     probe = load_dataset(cfg["data"]["spec"], cfg["data"]["dir"], "test")
     trained_on = load_dataset(cfg["data"]["spec"], cfg["data"]["dir"], "pretrain")
     probe.mean, probe.std = trained_on.mean, trained_on.std  # the normalisation the encoder was trained with
+    if program is not None:
+        return cfg, program, probe
+    if encoder is not None:
+        return cfg, custom_encoder.load_weights(encoder, read_weights(weights), weights), probe
     encoder = build_backbone(cfg["backbone"], probe.channels, probe.input_size)
     return cfg, load_weights(encoder, weights), probe
 
 
-def load_encoder(run: str | Path) -> nn.Module:
+def load_encoder(run: str | Path, encoder: nn.Module | None = None) -> nn.Module:
     """The run's trained encoder in eval mode; ``encoder.preprocessing`` says what it takes (input shape, channels,
-    side or length, and the mean and std of the data it trained on), as ``selfsup export`` writes it."""
-    _, encoder, test = load_run(run)
+    side or length, and the mean and std of the data it trained on), as ``selfsup export`` writes it.
+
+    encoder: a module to load the run's weights into (``load_run``), e.g. the class a custom-encoder run trained
+    when the run holds no TorchScript program of it."""
+    _, encoder, test = load_run(run, encoder)
     encoder.preprocessing = test.preprocessing()
     return encoder.eval()
 
@@ -62,6 +76,7 @@ def evaluate_run(
     data: str | None = None,
     data_dir: str | None = None,
     seed: int = 0,
+    encoder: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Score the run's encoder; the scores are merged into ``summary.json``.
 
@@ -69,6 +84,7 @@ def evaluate_run(
     ``labels`` subset: '1%', '10%' or a number of images; ``commands/finetuning.py``) or ``all`` (kNN, linear,
     and fine-tuning when ``labels`` is given). data: another data SPEC to transfer to (its train split fits,
     its test split scores; images are resized to the run's side), recorded under ``transfer`` in the summary.
+    encoder: a module to load the run's weights into (``load_run``), for a custom-encoder run without a program.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
@@ -81,11 +97,13 @@ def evaluate_run(
         from selfsup.commands.finetuning import parse_labels
 
         parse_labels(labels)  # one line before anything is loaded
-    cfg, encoder, trained_on = load_run(run)
+    cfg, encoder, trained_on = load_run(run, encoder)
     device = resolve_device(cfg["train"]["device"])
     encoder.to(device)
     train, test, k = evaluation_data(cfg, trained_on, data, data_dir)
     results: dict[str, Any] = {"data": data or cfg["data"]["spec"]}
+    if protocol != "finetune" and (why := no_labels(Datasets(train, train, test))):
+        print(f"selfsup: {why}", file=sys.stderr)
     if protocol != "finetune":
         scores, _, _ = score_encoder(
             encoder, Datasets(train, train, test), {"eval": {**cfg["eval"], "knn_k": k}}, device,
@@ -118,9 +136,9 @@ def evaluation_data(
 
 
 def transfer_k(train: ArrayDataset) -> int:
-    """kNN's k on another dataset: InstDisc's 200, at most 15 % of a class (the recipe's rule, config/recipe.py)."""
+    """kNN's k on another dataset: InstDisc's 200, cut as the recipe cuts it for small classes (``recipe_rules.knn_k``)."""
     per_class = int((train.labels >= 0).sum()) / max(train.num_classes, 1)
-    return max(1, min(DEFAULTS["eval"]["knn_k"], round(KNN_CLASS_FRACTION * per_class)))
+    return knn_k(DEFAULTS["eval"]["knn_k"], per_class)
 
 
 def _matching(dataset: ArrayDataset, trained_on: ArrayDataset, spec: str, cfg: dict[str, Any]) -> ArrayDataset:

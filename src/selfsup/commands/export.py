@@ -17,6 +17,11 @@ side or sequence length) and its normalisation, (pixels / 255 - mean) / std per 
   segmenters that take their backbones from those libraries (the hand-over of MoCo's
   ``detection/convert-pretrain-to-detectron2.py``). A CIFAR stem needs the model's ``conv1`` made 3x3 stride 1
   and its ``maxpool`` an identity first: the JSON lists the lines, and stderr says so.
+
+A run trained with a custom encoder (``fit(..., encoder=MODULE)``) exports from the TorchScript program it holds
+(``run/custom_encoder.py``; to ONNX through TorchScript's exporter, as ``torch.export`` takes no ScriptModule), or
+from ``encoder=`` (the module, given the run's weights); ``torchvision`` and ``timm`` are refused, as it is not
+selfsup's ResNet.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from selfsup.commands.evaluation import load_run
 from selfsup.data import ArrayDataset
 from selfsup.evaluate.features import extract_features, normalize_batch
 from selfsup.nn.resnet import STANDARD_WIDTH, ResNet, torchvision_state_dict
+from selfsup.run import custom_encoder
 from selfsup.run.checkpoint import atomic_write
 from selfsup.run.files import claim_in_run
+from selfsup.run.run_folder import read_config
 
 FORMATS = {
     "onnx": "encoder.onnx", "torchscript": "encoder.torchscript.pt",
@@ -51,9 +58,13 @@ TOLERANCE = 1e-4
 BATCH = 256
 
 
-def export(run: str | Path, fmt: str, out: str | Path | None = None) -> dict[str, Any]:
+def export(
+    run: str | Path, fmt: str, out: str | Path | None = None, encoder: nn.Module | None = None
+) -> dict[str, Any]:
     """Write the run's encoder as ``fmt`` (to ``out``, default ``RUN/`` + ``FORMATS[fmt]``) and its preprocessing
-    to ``out.json``; returns what was written (and, for onnx and torchscript, how closely it was checked)."""
+    to ``out.json``; returns what was written (and, for onnx and torchscript, how closely it was checked).
+
+    encoder: a module to load the run's weights into (``evaluation.load_run``), for a custom-encoder run."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose one of: {', '.join(FORMATS)}")
     if fmt == "onnx":
@@ -61,7 +72,13 @@ def export(run: str | Path, fmt: str, out: str | Path | None = None) -> dict[str
         if missing:
             raise ValueError(f"--format onnx needs {', '.join(missing)}: pip install 'selfsup[export]' "
                              f"(or pip install {' '.join(missing)})")
-    cfg, encoder, test = load_run(run)
+    if fmt in STATE_DICT_FORMATS and (Path(run) / "config.yaml").is_file():
+        cfg = read_config(Path(run))
+        if custom_encoder.is_custom(cfg):
+            raise ValueError(f"--format {fmt} writes selfsup's ResNet-18 or -50 under {fmt}'s names; {run} was "
+                             f"trained with a custom encoder ({cfg['backbone'].get('class')}): use --format onnx or "
+                             "torchscript")
+    cfg, encoder, test = load_run(run, encoder)
     target = Path(out) if out is not None else Path(run) / FORMATS[fmt]
     target.parent.mkdir(parents=True, exist_ok=True)
     encoder = encoder.cpu().float().eval()
@@ -146,10 +163,14 @@ def _onnx(
     import onnx
     import onnxruntime
 
-    batch = torch.export.Dim("batch", min=1)
+    names = {"input_names": ["images"], "output_names": ["features"]}
     with _quiet("torch.onnx"):  # the exporter logs each optional op library it skips (torchvision's, ...)
-        torch.onnx.export(encoder, (example,), str(path), input_names=["images"], output_names=["features"],
-                          dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+        if isinstance(encoder, torch.jit.ScriptModule):  # a custom encoder's program: TorchScript's own exporter
+            torch.onnx.export(encoder, (example,), str(path), **names, dynamo=False,
+                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        else:
+            torch.onnx.export(encoder, (example,), str(path), **names, dynamo=True, external_data=False, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     program = onnx.load(str(path))
     onnx.helper.set_model_props(program, {key: json.dumps(value) for key, value in spec.items()})
     onnx.save(program, str(path))
@@ -176,7 +197,7 @@ def _torchscript(
 ) -> Callable[[torch.Tensor], np.ndarray]:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still TorchScript's way in
-        traced = torch.jit.trace(encoder, example)
+        traced = encoder if isinstance(encoder, torch.jit.ScriptModule) else torch.jit.trace(encoder, example)
         torch.jit.save(traced, str(path), _extra_files={"preprocessing.json": json.dumps(spec)})
         loaded = torch.jit.load(str(path))
 

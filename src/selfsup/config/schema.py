@@ -38,6 +38,7 @@ DECLARED: dict[str, tuple[Any, ...]] = {
     "train.channels_last": ("auto", True),
     "train.tensorboard": ("auto", True),
     "backbone.pretrained": (False,),  # timm:NAME and torchvision:NAME only (nn/external.py)
+    "backbone.class": ("package.module.Class",),  # backbone.name custom: the class of fit(..., encoder=MODULE)
     "train.compile": (False, "backbone", "step"),
     "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "train.compile_backend": ("inductor", "aot_eager", "eager", "cudagraphs"),

@@ -2,20 +2,21 @@
 
 ``load_dataset(spec, root, split)`` turns a data SPEC (DESIGN.md) into an ``ArrayDataset``:
 ``digits``, ``cifar10``, ``cifar100``, ``stl10``, ``folder:PATH``, ``ucr:NAME``, ``wav:DIR``.
-Splits: 'pretrain' (what self-supervised training uses: train, and for STL-10 train + unlabeled),
-'train' (labelled training set, for kNN and the linear probe) and 'test'.
+Splits: 'pretrain' (what self-supervised training uses: train, for STL-10 train + unlabeled, for a folder
+without train/ and test/ folders every image), 'train' (labelled training set, for kNN and the linear probe),
+'test', and 'all' (every sample once: a folder's images, other data's train then test; ``selfsup embed``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from selfsup.data.base import ArrayDataset, is_colourless, iterate_batches, single_channel
+from selfsup.data.base import ArrayDataset, concatenate, is_colourless, iterate_batches, single_channel
 from selfsup.data.cache import default_root
 
 __all__ = ["ArrayDataset", "iterate_batches", "load_dataset", "default_root", "SPLITS"]
 
-SPLITS = ("pretrain", "train", "test")
+SPLITS = ("pretrain", "train", "test", "all")
 SPECS = "digits, cifar10, cifar100, stl10, folder:PATH, ucr:NAME or wav:DIR"
 
 
@@ -40,6 +41,9 @@ def load_dataset(
         raise ValueError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
     root = Path(root).expanduser() if root else default_root()
     kind, _, arg = spec.partition(":")
+    options = {"image_size": image_size, "on_error": on_error, "progress": progress, "stream": stream, "workers": workers}
+    if split == "all" and not (kind == "folder" and arg):
+        return concatenate({part: load_dataset(spec, root, part, **options) for part in ("train", "test")})
     if spec == "digits":
         from selfsup.data.digits import load_digits
 

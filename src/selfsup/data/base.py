@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -17,6 +17,10 @@ class ArrayDataset:
     ``ImageFiles`` (``selfsup.data.stream``) with the same ``shape`` that decodes batches on demand.
     labels: int64 [N], -1 where unknown (unlabeled splits).
     mean, std: per-channel normalisation in [0, 1] pixel units (images) or raw units (sequences).
+    paths: each sample's file, relative to ``source`` (image folders); None for data without files.
+    source: the folder or archive the files are in, printable ('' for named datasets).
+    split_rule: how selfsup chose this split of a source that has no split of its own ('' when it has one).
+    unlabelled: why a source has no labels, after its name: "has no class folders" ('' when labelled).
     """
 
     data: Tensor | Any
@@ -26,12 +30,18 @@ class ArrayDataset:
     kind: str = "image"
     mean: tuple[float, ...] = field(default_factory=tuple)
     std: tuple[float, ...] = field(default_factory=tuple)
+    paths: list[str] | None = None
+    source: str = ""
+    split_rule: str = ""
+    unlabelled: str = ""
 
     def __post_init__(self) -> None:
         if len(self.data) == 0:
             raise ValueError(f"dataset '{self.name}' is empty: check the path or split")
         if len(self.data) != len(self.labels):
             raise ValueError(f"dataset '{self.name}': {len(self.data)} samples but {len(self.labels)} labels")
+        if self.paths is not None and len(self.paths) != len(self.labels):
+            raise ValueError(f"dataset '{self.name}': {len(self.labels)} samples but {len(self.paths)} file paths")
 
     def __len__(self) -> int:
         return len(self.data)
@@ -65,6 +75,10 @@ class ArrayDataset:
         self.labels = self.labels.to(device)
         return self
 
+    def sample_names(self, split: str) -> list[str]:
+        """What names each sample: its file's relative path, or ``split/index`` for data without files."""
+        return list(self.paths) if self.paths is not None else [f"{split}/{i}" for i in range(len(self))]
+
 
 
 @dataclass
@@ -97,9 +111,26 @@ def is_colourless(dataset: ArrayDataset) -> bool:
 
 def single_channel(dataset: ArrayDataset) -> ArrayDataset:
     """The dataset with only its first channel (of a colourless one: the gray image)."""
-    return ArrayDataset(
-        dataset.data[:, :1].contiguous(), dataset.labels, dataset.classes, dataset.name, dataset.kind,
-        dataset.mean[:1], dataset.std[:1],
+    return replace(dataset, data=dataset.data[:, :1].contiguous(), mean=dataset.mean[:1], std=dataset.std[:1])
+
+
+def concatenate(splits: dict[str, ArrayDataset]) -> ArrayDataset:
+    """The in-memory ``splits`` one after the other (the 'all' of data stored as train and test): samples named by
+    their files or ``split/index``, labels by class name over the union of the classes, the first's statistics."""
+    parts = list(splits.values())
+    if not all(isinstance(part.data, Tensor) for part in parts):
+        raise ValueError(f"'{parts[0].name}' is streamed from files and cannot be joined in memory: embed its splits "
+                         "one at a time (--split train, --split test)")
+    classes = list(dict.fromkeys(c for part in parts for c in part.classes))
+    labels = []
+    for part in parts:
+        mapping = torch.tensor([classes.index(c) for c in part.classes] + [-1], dtype=torch.long)
+        labels.append(mapping[part.labels.cpu().long().where(part.labels.cpu() >= 0, len(part.classes))])
+    first = parts[0]
+    return replace(
+        first, data=torch.cat([part.data.cpu() for part in parts]), labels=torch.cat(labels), classes=classes,
+        paths=[name for split, part in splits.items() for name in part.sample_names(split)], split_rule="",
+        unlabelled="" if classes else first.unlabelled,
     )
 
 

@@ -3,21 +3,23 @@
 Images are decoded with Pillow, converted to RGB, resized (shorter side) and centre-cropped to a square
 of ``image_size`` (default: the shorter side most images have, among up to ``SIZE_SAMPLE`` spread over
 the source; a source of mixed sizes says so on stderr), and cached as uint8 (``selfsup.data.cache``).
-Split folders are ``train`` and ``test`` (or ``val``). A source with one split only holds out every
-``HOLDOUT``-th image (in path order) as its test split. A source with one class only, or one image,
-trains but warns: its kNN and linear scores say nothing.
+Split folders are ``train`` and ``test`` (or ``val``). A source without them pre-trains on every image, and
+kNN and the linear probe hold out a fixed 1 in ``HOLDOUT`` images of each class (``images.select_split``);
+the split 'all' is every image. A source with fewer than two class folders is unlabelled (labels -1): runs on
+it report collapse monitors instead of kNN. A split of one image trains but warns.
+Each split keeps its files' relative paths (``ArrayDataset.paths``), which ``selfsup embed`` writes out.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from selfsup.data.base import ArrayDataset
+from selfsup.data.base import ArrayDataset, concatenate
 from selfsup.data.cache import cached, source_key
 from selfsup.data.images import (
     IMAGE_SUFFIXES,
@@ -25,36 +27,32 @@ from selfsup.data.images import (
     channel_stats,
     common_side,
     decode_image,
+    labels_of,
     list_images,
     printable,
     read_image_file,
     select_split,
-    split_and_class,
     split_source,
     warn_once,
 )
 from selfsup.data.stream import ImageFiles, list_streamed_folder
 
 STREAM_ABOVE_BYTES = 8 * 2**30  # decoded size above which a folder is streamed rather than cached
+LISTING = 2  # in cache keys: the version of how a source is split and labelled (2: flat folders pre-train on all)
 
 
-def warn_if_degenerate(source: Path, classes: list[str], count: int, split: str) -> None:
-    """One stderr line (once per source) for data on which training runs but scores mean nothing."""
-    problem = None
+def warn_if_single(source: Path, count: int, split: str) -> None:
+    """One stderr line (once per source) for a split of one image: training runs, with nothing to contrast it with."""
     if count == 1:
-        problem = f"its {split} split holds a single image: there is nothing to contrast it with"
-    elif len(classes) == 1:
-        problem = (f"it has a single class ('{classes[0]}'): kNN and linear-probe scores will be 1.0 and say nothing; "
-                   "put the images in one folder per class")
-    if problem:
-        warn_once(f"selfsup: warning: {printable(source)}: {printable(problem)}")
+        warn_once(f"selfsup: warning: {printable(source)}: its {split} split holds a single image: there is nothing "
+                  "to contrast it with")
 
 
 def _decode_all(
-    chosen, classes: list[str], image_size: int | None, on_error: str, progress: bool, source: Path
-) -> tuple[np.ndarray, np.ndarray, int]:
-    images, labels, skipped, first_bad = [], [], 0, None
-    index = {name: i for i, name in enumerate(classes)}
+    chosen, image_size: int | None, on_error: str, progress: bool, source: Path
+) -> tuple[np.ndarray, list[str], int]:
+    """uint8 [N, 3, S, S] of the readable images of ``chosen``, their names, and how many were skipped."""
+    images, names, skipped, first_bad = [], [], 0, None
     image_size = common_side([read for _, read in chosen], source, image_size)
     bar = tqdm(chosen, desc=f"decoding {source.name}", unit="img", disable=not progress, mininterval=1.0)
     for name, read in bar:
@@ -71,14 +69,14 @@ def _decode_all(
             if array.shape[0] != array.shape[1]:
                 array = decode_image(read(), image_size)
         images.append(array)
-        labels.append(index[split_and_class(PurePosixPath(name).parts)[1]])
+        names.append(name)
     if skipped:
         print(f"skipped {skipped} unreadable image(s) in {printable(source)} (first: {printable(first_bad)})",
               file=sys.stderr)
     if not images:
         raise ValueError(f"no readable images in {printable(source)}: expected [split/]class/image files")
     data = np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
-    return data, np.asarray(labels, dtype=np.int64), skipped
+    return data, names, skipped
 
 
 def load_image_folder(
@@ -105,6 +103,9 @@ def load_image_folder(
         raise ValueError(f"unknown split '{split}'; use one of {', '.join(SPLIT_DIRS)}")
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', not '{on_error}'")
+    if split == "all" and split_source(Path(path).expanduser(), "train") != Path(path).expanduser():
+        options = {"image_size": image_size, "on_error": on_error, "limit": limit, "progress": progress, "name": name}
+        return concatenate({s: load_image_folder(path, s, **options) for s in ("train", "test")})  # split archives
     source = split_source(Path(path).expanduser(), split)
     name = name or source.name.split(".")[0]
     if stream is None:
@@ -116,26 +117,39 @@ def load_image_folder(
         entries = list_images(source)
         if not entries:
             raise ValueError(f"no images found in {printable(source)}: expected [split/]class/image files (.jpg, .png, ...)")
-        chosen, classes = select_split(entries, split, source)
-        chosen = chosen[:: max(1, len(chosen) // limit)][:limit] if limit else chosen
-        data, labels, skipped = _decode_all(chosen, classes, image_size, on_error, progress, source)
+        selection = select_split(entries, split, source, whole=source != Path(path).expanduser())
+        chosen = selection.entries
+        if limit:
+            chosen = chosen[:: max(1, len(chosen) // limit)][:limit]
+        data, names, skipped = _decode_all(chosen, image_size, on_error, progress, source)
         mean, std = channel_stats(data)
-        return {"data": data, "labels": labels}, {"classes": classes, "mean": mean, "std": std, "skipped": skipped}
+        meta = {"classes": selection.classes, "mean": mean, "std": std, "skipped": skipped, "names": names,
+                "rule": selection.rule, "unlabelled": selection.unlabelled}
+        return {"data": data, "labels": labels_of(names, selection.classes)}, meta
 
     if limit:
         arrays, meta = build()
     else:
         key = {"source": str(source.resolve()), "content": source_key(source), "split": split,
-               "image_size": image_size, "on_error": on_error, "side": "most common"}
+               "image_size": image_size, "on_error": on_error, "side": "most common", "listing": LISTING}
         arrays, meta = cached(f"folder-{name}-{split}", key, build)
-    warn_if_degenerate(source, list(meta["classes"]), len(arrays["labels"]), split)
+    warn_if_single(source, len(arrays["labels"]), split)
+    return _dataset(source, name, torch.from_numpy(arrays["data"]), arrays["labels"], meta)
+
+
+def _dataset(source: Path, name: str, data, labels: np.ndarray, meta: dict) -> ArrayDataset:
+    """The ArrayDataset of a listed (and, unless streamed, decoded) split, with its files and how it was chosen."""
     return ArrayDataset(
-        data=torch.from_numpy(arrays["data"]),
-        labels=torch.from_numpy(arrays["labels"]),
+        data=data,
+        labels=torch.from_numpy(np.asarray(labels)),
         classes=list(meta["classes"]),
         name=name,
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
+        paths=list(meta["names"]),
+        source=printable(source),
+        split_rule=meta["rule"],
+        unlabelled=meta["unlabelled"],
     )
 
 
@@ -161,15 +175,10 @@ def _load_streamed(
             f"{printable(source)} is an archive, and streaming reads files in random order: extract it (tar -xf) and pass "
             "the folder, or set data.stream=false to decode it once into the cache"
         )
-    key = {"source": str(source.resolve()), "content": source_key(source), "split": split, "image_size": image_size}
+    key = {"source": str(source.resolve()), "content": source_key(source), "split": split, "image_size": image_size,
+           "listing": LISTING}
     arrays, meta = cached(f"stream-{name}-{split}", key, lambda: list_streamed_folder(source, split, image_size, progress))
-    return ArrayDataset(
-        data=ImageFiles(source, meta["names"], meta["size"], on_error, workers),
-        labels=torch.from_numpy(np.asarray(arrays["labels"])),
-        classes=list(meta["classes"]),
-        name=name,
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
-    )
+    return _dataset(source, name, ImageFiles(source, meta["names"], meta["size"], on_error, workers), arrays["labels"],
+                    meta)
 
 

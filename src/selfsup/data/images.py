@@ -19,6 +19,7 @@ import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -30,8 +31,12 @@ MAX_IMAGE_BYTES = 64 * 2**20  # one image file or archive member; a photograph i
 MAX_IMAGE_PIXELS = 8192 * 8192  # claimed by one image's header; 192 MiB once decoded to RGB
 MAX_EXPANSION = 100  # images held from an archive, over its own size: compressed images barely shrink
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-SPLIT_DIRS = {"pretrain": ("train",), "train": ("train",), "test": ("test", "val")}
+SPLIT_DIRS = {"pretrain": ("train",), "train": ("train",), "test": ("test", "val"), "all": ("train", "test", "val")}
+SPLIT_NAMES = ("train", "test", "val")
 HOLDOUT = 10
+HOLDOUT_RULE = (f"no train/ and test/ folders: pre-training uses every image; kNN and the linear probe test on every "
+                f"{HOLDOUT}th image of each class folder in path order (the last one of a class of 2 to {HOLDOUT - 1} "
+                "images) and fit on the others")
 SIZE_SAMPLE = 256  # images whose size (header only) picks the side of a source of mixed sizes
 _warned: set[str] = set()  # warnings already given in this process (every split of a source is loaded)
 
@@ -53,8 +58,13 @@ def split_source(path: Path, split: str) -> Path:
 
 
 def split_and_class(parts: tuple[str, ...]) -> tuple[str | None, str]:
-    split = parts[-3] if len(parts) >= 3 and parts[-3] in {"train", "test", "val"} else None
-    return split, parts[-2] if len(parts) >= 2 else ""
+    """(split folder or None, class folder or '') of an image's relative path: ``[split/]class/image``; an image
+    directly in a split folder, or in the root, has no class."""
+    if len(parts) >= 3 and parts[-3] in SPLIT_NAMES:
+        return parts[-3], parts[-2]
+    if len(parts) == 2 and parts[0] in SPLIT_NAMES:
+        return parts[0], ""
+    return None, parts[-2] if len(parts) >= 2 else ""
 
 
 def printable(name: str | Path) -> str:
@@ -136,20 +146,72 @@ def list_images(source: Path) -> list[tuple[str, Callable[[], bytes]]]:
     return sorted(readers.items())
 
 
-def select_split(entries: list[tuple[str, Callable[[], bytes]]], split: str, source: Path):
-    """The entries of ``split`` and the sorted class names of the whole source."""
-    keyed = [(PurePosixPath(name).parts, name, read) for name, read in entries]
-    classes = sorted({split_and_class(parts)[1] for parts, _, _ in keyed})
-    splits = {split_and_class(parts)[0] for parts, _, _ in keyed}
-    wanted = set(SPLIT_DIRS[split])
-    if splits & wanted:
-        chosen = [(name, read) for parts, name, read in keyed if split_and_class(parts)[0] in wanted]
-    elif len(splits) == 1:
-        held_out = split == "test"
-        chosen = [(name, read) for i, (_, name, read) in enumerate(keyed) if (i % HOLDOUT == HOLDOUT - 1) == held_out]
-    else:
-        raise ValueError(f"{printable(source)} has splits {sorted(s for s in splits if s)} but no '{split}' split")
-    return chosen, classes
+@dataclass
+class Selection:
+    """The images of one split of a source and how they were chosen.
+
+    classes: the class folders, which labels index (``labels_of``); empty when the source is unlabelled.
+    rule: how selfsup held this split out of a source without train/ and test/ folders ('' otherwise).
+    unlabelled: why the source has no labels, e.g. "has no class folders" ('' when it has them).
+    """
+
+    entries: list[tuple[str, Callable[[], bytes]]]
+    classes: list[str]
+    rule: str = ""
+    unlabelled: str = ""
+
+
+def select_split(
+    entries: list[tuple[str, Callable[[], bytes]]], split: str, source: Path, whole: bool = False
+) -> Selection:
+    """The entries of ``split`` ('pretrain', 'train', 'test' or 'all') of ``source``, in path order.
+
+    A source with train/ and test/ (or val/) folders gives each split its own images; one that holds the split
+    alone (``whole``: the ``train.tar.gz`` or ``test.tar.gz`` that ``split_source`` found beside the others), all
+    of its images. Any other source is one pool: 'pretrain' and 'all' take every image, and 'train' and 'test'
+    are fixed by ``holds_out`` (stratified by class). Fewer than two class folders: unlabelled.
+    """
+    keyed = [(split_and_class(PurePosixPath(name).parts), name, read) for name, read in entries]
+    found = sorted({cls for (_, cls), _, _ in keyed if cls})
+    classes = found if len(found) >= 2 else []
+    unlabelled = "" if classes else (f"has a single class ('{found[0]}')" if found else "has no class folders")
+    splits = {group for (group, _), _, _ in keyed}
+    if split == "all" or whole:
+        return Selection([(name, read) for _, name, read in keyed], classes, "", unlabelled)
+    if len(splits) > 1:
+        chosen = [(name, read) for (group, _), name, read in keyed if group in SPLIT_DIRS[split]]
+        if not chosen:
+            raise ValueError(f"{printable(source)} has splits {sorted(s for s in splits if s)} but no '{split}' split")
+        return Selection(chosen, classes, "", unlabelled)
+    if split == "pretrain":
+        return Selection([(name, read) for _, name, read in keyed], classes, "", unlabelled)
+    test = holds_out([cls for (_, cls), _, _ in keyed])
+    chosen = [(name, read) for (_, name, read), held in zip(keyed, test) if held == (split == "test")]
+    if not chosen:
+        raise ValueError(f"{printable(source)}: no class folder holds two images or more, so none can be held out "
+                         "for kNN and the linear probe: add images")
+    return Selection(chosen, classes, HOLDOUT_RULE, unlabelled)
+
+
+def holds_out(classes: list[str]) -> list[bool]:
+    """Which images (their class folders, in path order) a source without train/ and test/ folders tests on:
+    within each class, every ``HOLDOUT``-th image, or the last one of a class of 2 to ``HOLDOUT - 1`` images.
+    Each class of two images or more keeps one at least on either side; the split depends on the paths alone."""
+    members: dict[str, list[int]] = {}
+    for i, cls in enumerate(classes):
+        members.setdefault(cls, []).append(i)
+    test = [False] * len(classes)
+    for indices in members.values():
+        held = indices[HOLDOUT - 1 :: HOLDOUT] or (indices[-1:] if len(indices) >= 2 else [])
+        for i in held:
+            test[i] = True
+    return test
+
+
+def labels_of(names: list[str], classes: list[str]) -> np.ndarray:
+    """int64 label of each image path: its class folder's index in ``classes``, -1 without one."""
+    index = {name: i for i, name in enumerate(classes)}
+    return np.asarray([index.get(split_and_class(PurePosixPath(n).parts)[1], -1) for n in names], dtype=np.int64)
 
 
 def decode_image(data: bytes, size: int | None) -> np.ndarray:

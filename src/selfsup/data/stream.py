@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,11 +25,11 @@ from selfsup.data.images import (
     channel_stats,
     common_side,
     decode_image,
+    labels_of,
     list_images,
     printable,
     read_image_file,
     select_split,
-    split_and_class,
 )
 
 STATS_SAMPLE = 1024
@@ -107,14 +107,14 @@ class ImageFiles(Dataset):
 def list_streamed_folder(
     source: Path, split: str, size: int | None, progress: bool
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """One split of an ImageFolder directory: ({'labels'}, {names, classes, image size, channel mean and std})."""
+    """One split of an ImageFolder directory: ({'labels'}, {names, classes, image size, channel mean and std, and
+    how the split was chosen: ``images.Selection``'s rule and unlabelled})."""
     entries = list_images(source)
     if not entries:
         raise ValueError(f"no images found in {printable(source)}: expected [split/]class/image files (.jpg, .png, ...)")
-    chosen, classes = select_split(entries, split, source)
-    names = [name for name, _ in chosen]
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.asarray([index[split_and_class(PurePosixPath(n).parts)[1]] for n in names], dtype=np.int64)
+    selection = select_split(entries, split, source)
+    names = [name for name, _ in selection.entries]
+    labels = labels_of(names, selection.classes)
     sample = names[:: max(1, len(names) // STATS_SAMPLE)][:STATS_SAMPLE]
     size = common_side([lambda path=source / name: read_image_file(path) for name in names], source, size)
     if size is None:
@@ -128,5 +128,6 @@ def list_streamed_folder(
     if not decoded:
         raise ValueError(f"no readable images among {len(sample)} sampled in {printable(source)}")
     mean, std = channel_stats(np.stack(decoded).transpose(0, 3, 1, 2))
-    meta = {"names": names, "classes": classes, "size": int(size), "mean": mean, "std": std}
+    meta = {"names": names, "classes": selection.classes, "size": int(size), "mean": mean, "std": std,
+            "rule": selection.rule, "unlabelled": selection.unlabelled}
     return {"labels": labels}, meta

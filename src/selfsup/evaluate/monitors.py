@@ -6,6 +6,9 @@
 - ``effective_rank``: exp of the entropy of the normalised singular values of the centred
   embeddings (Roy & Vetterli 2007); d when every direction is used, 1 when all lie on a line.
 - ``alignment`` and ``uniformity`` (Wang & Isola 2020) of the normalised embeddings.
+
+``feature_monitors`` gives the first two for one set of features (a trained encoder's, without a second view):
+what a run on unlabelled data reports instead of kNN.
 """
 
 from __future__ import annotations
@@ -44,3 +47,18 @@ def collapse_monitors(z1: Tensor, z2: Tensor) -> dict[str, float]:
         "alignment": alignment(n1, n2).item(),
         "uniformity": uniformity(n1).item() if len(n1) > 1 else 0.0,
     }
+
+
+MONITOR_SAMPLES = 8192  # features the final monitors use, evenly spread: an SVD of [N, D] grows with N
+
+
+@torch.no_grad()
+def feature_monitors(features: Tensor) -> dict[str, float]:
+    """``feature_std``, ``feature_std_ratio`` (about 1 when healthy, 0 collapsed) and ``feature_effective_rank`` (of
+    ``feature_dim``) of [N, D] features, on at most ``MONITOR_SAMPLES`` of them."""
+    sample = features[:: max(1, len(features) // MONITOR_SAMPLES)][:MONITOR_SAMPLES].float()
+    normalised = F.normalize(sample, dim=1)
+    d = normalised.shape[1]
+    std = normalised.std(0).mean().item() if len(normalised) > 1 else 0.0
+    return {"feature_std": std, "feature_std_ratio": std * math.sqrt(d), "feature_effective_rank": effective_rank(sample),
+            "feature_dim": d}

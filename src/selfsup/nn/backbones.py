@@ -2,7 +2,8 @@
 ``torchvision:NAME`` for a library's models.
 
 Any ``nn.Module`` mapping inputs to [B, D] may be used instead (``train.Trainer(encoder=...)``);
-its output size is then found by one forward pass.
+its output size is then found by one forward pass. Such a run's ``config.yaml`` records ``backbone: {name: custom,
+class: MODULE.CLASS}`` (``run/custom_encoder.py``), which names the class but cannot rebuild it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BACKBONES: dict[str, str] = {
     "vit_small": "selfsup.nn.vit:vit_small",
     "conv_gru": "selfsup.nn.sequence:conv_gru",
 }
+CUSTOM = "custom"  # backbone.name of a run trained with a user's own module (fit(..., encoder=...))
 
 
 def build_backbone(cfg: dict[str, Any], in_channels: int, input_size: int) -> nn.Module:
@@ -33,6 +35,12 @@ def build_backbone(cfg: dict[str, Any], in_channels: int, input_size: int) -> nn
     ``timm:NAME`` and ``torchvision:NAME`` are a library's model without its classifier (``nn/external.py``).
     """
     name = cfg.get("name")
+    if name == CUSTOM:
+        raise ValueError(f"backbone 'custom' is a user's own module ({cfg.get('class', 'class not recorded')}), which "
+                         "selfsup cannot build from config.yaml: pass it from Python, fit(..., encoder=MODULE)")
+    if "class" in cfg:
+        raise ValueError(f"backbone.class names the class of a custom encoder (backbone.name: custom), not an option "
+                         f"of {name}: remove it")
     if is_external(name):
         return build_external(name, cfg, in_channels, input_size)
     if name not in BACKBONES:

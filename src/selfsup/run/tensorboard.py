@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.data.images import printable
+
 FOLDER = "tensorboard"
 MAX_POINTS = 5000
 MAX_SPRITE_SIDE = 8192  # TensorBoard's projector limit for the sprite image
@@ -90,7 +92,8 @@ class TensorBoardLog:
         keep = torch.arange(len(features))
         if len(features) > MAX_POINTS:
             keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))[:MAX_POINTS].sort().values
-        names = [classes[y] if 0 <= y < len(classes) else str(y) for y in labels.cpu()[keep].tolist()]
+        # printable: a class folder's name may hold a newline (a TSV row) or bytes that are not UTF-8
+        names = [printable(classes[y]) if 0 <= y < len(classes) else str(y) for y in labels.cpu()[keep].tolist()]
         sprite = None if images is None else thumbnails(images[keep.to(images.device)])
         self.writer.add_embedding(features.float().cpu()[keep], metadata=names, label_img=sprite, global_step=step,
                                   tag="test_embeddings")

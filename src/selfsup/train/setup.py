@@ -19,7 +19,7 @@ from selfsup.config.schema import check_config
 from selfsup.data import ArrayDataset, load_dataset
 from selfsup.data.base import Datasets
 from selfsup.methods.base import Method, RunInfo
-from selfsup.nn.backbones import build_backbone, output_dim
+from selfsup.nn.backbones import CUSTOM, build_backbone, output_dim
 
 MAX_MODEL_VALUES = 4 * 10**9  # parameters and buffers: 16 GB at fp32 before gradients and optimizer state
 
@@ -93,8 +93,11 @@ def check_model_size(cfg: dict[str, Any], data: ArrayDataset) -> None:
     """One line if the configured model would hold more than ``MAX_MODEL_VALUES`` parameters and buffers.
 
     Counted on the meta device (shapes only, no memory), so that a wide backbone, a huge projector or a
-    queue of 10^10 keys is refused in a second instead of after trying to allocate hundreds of GB.
+    queue of 10^10 keys is refused in a second instead of after trying to allocate hundreds of GB. A run's custom
+    encoder (``backbone.name: custom``) is the user's module, built before selfsup sees it: not counted.
     """
+    if cfg["backbone"].get("name") == CUSTOM:
+        return
     try:
         with torch.device("meta"):
             model = build_method(cfg, data, steps_per_epoch=1)

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from selfsup import distributed
 from selfsup.config import recipe
@@ -20,8 +19,9 @@ from selfsup.data import iterate_batches
 from selfsup.data.views import build_views
 from selfsup.evaluate.scoring import score_encoder
 from selfsup.nn.sync_bn import convert_to_global_batchnorm
-from selfsup.run import report, run_folder
+from selfsup.run import custom_encoder, report, run_folder
 from selfsup.run.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from selfsup.run.console import Console
 from selfsup.run.divergence import DivergenceGuard
 from selfsup.run.epoch_record import EpochRecord
 from selfsup.run.preemption import Preempted, PreemptionWatch
@@ -53,14 +53,23 @@ def fit(
     ``checkpoints/last.pt`` with its saved config; ``overrides``/``assignments`` may then change only what
     ``resume.RESUMABLE`` lists, e.g. a larger ``train.epochs``) or ``overwrite`` (replace it).
     stop_after_epoch: return after this many epochs (the schedules still span ``train.epochs``).
-    encoder: any ``nn.Module`` mapping inputs to [B, D], used instead of ``cfg['backbone']``.
+    encoder: any ``nn.Module`` mapping inputs to [B, D], used instead of ``cfg['backbone']``; config.yaml records its
+    class and the run its TorchScript program where one can be made (``run/custom_encoder.py``). Resuming or
+    rerunning such a run needs the module again (an instance built as before).
     config: rerun the run whose ``config.yaml`` (or folder) this is, exactly (``prepare.rerun_config``).
     """
     distributed.init_from_env()
-    cfg, datasets, out = prepare(
-        method, data, out_dir, data_dir, overrides, assignments, resume, overwrite, datasets, config
-    )
-    trainer = Trainer(cfg, datasets, encoder)
+    console = Console()
+    with console.phase("setup"):
+        cfg, datasets, out = prepare(
+            method, data, out_dir, data_dir, overrides, assignments, resume, overwrite, datasets, config
+        )
+    console.enabled = console.enabled and cfg["train"]["progress"]
+    if encoder is None and custom_encoder.is_custom(cfg):
+        raise ValueError(custom_encoder.refusal(out if resume else config, cfg, "resume" if resume else "rerun"))
+    if encoder is not None and not resume:
+        custom_encoder.record(cfg, encoder)
+    trainer = Trainer(cfg, datasets, encoder, console)
     if not distributed.is_main():
         return trainer.run(None, resume, stop_after_epoch, out)
     with run_folder.RunFolder.claim(out, resume=resume, overwrite=overwrite) as folder:
@@ -68,14 +77,18 @@ def fit(
             print(f"selfsup: run folder {out}", file=sys.stderr)
         if not resume and config is None and (fitted := recipe.describe(cfg)):
             print(f"selfsup: {fitted}", file=sys.stderr)
-        return trainer.run(folder, resume, stop_after_epoch, out, overwrite)
+        summary = trainer.run(folder, resume, stop_after_epoch, out, overwrite)
+    return {**summary, "run": str(out)}
 
 
 class Trainer:
     """One run. State that must survive a restart lives in the checkpoint; everything else is rebuilt."""
 
-    def __init__(self, cfg: dict[str, Any], datasets: Datasets, encoder: nn.Module | None = None):
+    def __init__(
+        self, cfg: dict[str, Any], datasets: Datasets, encoder: nn.Module | None = None, console: Console | None = None
+    ):
         self.cfg, self.datasets = cfg, datasets
+        self.console = console or Console(enabled=cfg["train"]["progress"])
         train = cfg["train"]
         self.world = distributed.world_size()
         validate(cfg, datasets.pretrain, self.world)
@@ -143,22 +156,33 @@ class Trainer:
             self._restore(Path(out) / run_folder.CHECKPOINT)
         if folder is not None:
             folder.resume(self.cfg, self.history, self.step) if resume else folder.start(self.cfg, overwrite)
+            report.describe_data(folder.path, self.datasets)
         epochs = self.cfg["train"]["epochs"]
         last = epochs if stop_after_epoch is None else min(epochs, stop_after_epoch)
         with self.watch:
+            with self.console.phase("training"):
+                self._train(epochs, last)
+            if self.epoch < epochs:
+                return {"stopped_at_epoch": self.epoch}
+            return self._finish()
+
+    def _train(self, epochs: int, last: int) -> None:
+        """Epochs up to ``last``, each logged, scored when due, and checkpointed; one bar over all their steps."""
+        self.console.start_bar(last * self.steps_per_epoch, self.step)
+        try:
             while self.epoch < last:
                 record = self._train_epoch()
                 if self._due(self.cfg["eval"]["every"]):
                     record.update(self.evaluate(linear=self._due(self.cfg["eval"]["linear_every"]))[0])
                 self.history.append(record)
-                if folder is not None:
-                    folder.log(record)
+                if self.folder is not None:
+                    self.folder.log(record)
+                self.console.epoch(record, epochs)
                 self.epoch += 1
                 if self.epoch % self.cfg["train"]["checkpoint_every"] == 0 or self.epoch == epochs:
                     self._save()
-            if self.epoch < epochs:
-                return {"stopped_at_epoch": self.epoch}
-            return self._finish()
+        finally:
+            self.console.close_bar()
 
     def _train_epoch(self) -> dict[str, Any]:
         self.method.train()
@@ -179,13 +203,9 @@ class Trainer:
         train = self.cfg["train"]
         every_steps = train["checkpoint_every_steps"]
         monitor_from = self.steps_per_epoch - self.cfg["eval"]["monitor_batches"]
-        bar = tqdm(
-            zip(shards, iterate_batches(self.pretrain_data, shards, self.device)), total=self.steps_per_epoch,
-            initial=done, desc=f"epoch {self.epoch + 1}/{train['epochs']}",
-            disable=not (train["progress"] and distributed.is_main()), leave=False,
-        )
+        batches = zip(shards, iterate_batches(self.pretrain_data, shards, self.device))
         start = time.perf_counter()
-        for i, (indices, batch) in enumerate(bar, start=done):
+        for i, (indices, batch) in enumerate(batches, start=done):
             record.lr = apply_lr(self.optimizer, warmup_cosine(
                 self.step, self.total_steps, self.cfg["optim"]["warmup_epochs"] * self.steps_per_epoch,
                 self.cfg["optim"]["min_lr_ratio"],
@@ -199,7 +219,9 @@ class Trainer:
                     self.folder.log_step(self.step, step[1], record.lr, self.batch_size)
             if (i % 10 == 0 or i == self.steps_per_epoch - 1) and step is not None:
                 self.guard.check()
-                bar.set_postfix(loss=f"{step[1]['loss'].item():.4f}", lr=f"{record.lr:.3g}")
+                self.console.advance(loss=f"{step[1]['loss'].item():.4f}", lr=f"{record.lr:.3g}")
+            else:
+                self.console.advance()
             signal = self.watch.requested()
             if signal or (every_steps and self.step % every_steps == 0 and i + 1 < self.steps_per_epoch):
                 record.seconds += time.perf_counter() - start
@@ -308,26 +330,35 @@ class Trainer:
         outputs. A signal during the writes, which take a moment, lets them complete: the run is finished (exit 0).
         ``summary.json`` is written last, so a SIGKILL mid-way leaves a run that ``--resume`` finishes.
         """
-        scores, test_f, test_y = self.evaluate(linear=True)
+        with self.console.phase("evaluation", "scoring the trained encoder on the held-out split"):
+            scores, test_f, test_y = self.evaluate(linear=True)
+        last = self.history[-1] if self.history else {}
+        probe = {"probe_top1": last["probe_top1"]} if "probe_top1" in last else {}  # the online probe's last epoch
         summary = {
             "method": self.cfg["method"],
             "data": self.cfg["data"]["spec"],
             "epochs": self.epoch,
             **scores,
-            "wall_s": sum(r["epoch_s"] for r in self.history),
+            **probe,
             "images_per_s": sum(r["images_per_s"] for r in self.history) / max(len(self.history), 1),
         }
         figures = {}
         if self.folder is not None and self.cfg["eval"]["plots"]:
-            figures = report.render_figures(self.history, test_f, test_y, f"{summary['method']} on {summary['data']}",
-                                            self.datasets.test.classes)
+            with self.console.phase("plots", "drawing the curves and the embedding map"):
+                figures = report.render_figures(self.history, test_f, test_y,
+                                                f"{summary['method']} on {summary['data']}", self.datasets.test.classes)
+        program = None
+        if self.folder is not None and custom_encoder.is_custom(self.cfg):
+            program = custom_encoder.compile_program(self.encoder, self.datasets.pretrain)
         signal = self.watch.requested()  # on every rank, as in the loop
         if signal:
             raise Preempted(f"stopped by {signal} after training, before writing the encoder and summary: checkpoint "
                             f"saved; continue with: selfsup train --resume --out {self.out}")
         if self.folder is not None:
             self.folder.log_embeddings(test_f, test_y, self.datasets.test, self.step)
-            report.write_outputs(self.folder.path, self.encoder, figures, summary)
+        summary.update(wall_s=self.console.wall_s(), phases_s={k: round(v, 3) for k, v in self.console.phases.items()})
+        if self.folder is not None:
+            report.write_outputs(self.folder.path, self.encoder, figures, summary, program)
             if self.watch.signal:
                 print(f"selfsup: note: {self.watch.signal} came while the final outputs were written; they were "
                       "completed, and the run is finished", file=sys.stderr)
