@@ -90,3 +90,12 @@ def test_ucr_error_names_the_folders_it_searched_and_no_made_up_path(monkeypatch
         sequences.load_ucr("GunPoint", "train", str(tmp_path))
     message = str(error.value)
     assert str(tmp_path) in message and "sktime" in message and "is-not-installed/" not in message
+
+
+def test_eval_says_what_it_does_and_how_long_it_took(tmp_path, capsys):
+    _train(tmp_path, capsys)
+    assert main(["eval", "--run", str(tmp_path / "run"), "--protocol", "knn"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "selfsup: scoring the frozen features (kNN) ..." in lines
+    assert any(line.startswith("selfsup: scoring the frozen features (kNN): done in ") for line in lines)
+    assert "run folder" in "\n".join(lines)  # the table of scores, for the person reading the log

@@ -21,6 +21,7 @@ from selfsup.data.images import channel_stats
 from selfsup.evaluate.scoring import no_labels, score_encoder
 from selfsup.nn.backbones import build_backbone
 from selfsup.run import custom_encoder
+from selfsup.run.console import Console
 from selfsup.run.report import load_encoder as load_weights
 from selfsup.run.report import read_weights, write_json
 from selfsup.run.run_folder import read_config
@@ -67,6 +68,7 @@ def load_encoder(run: str | Path, encoder: nn.Module | None = None) -> nn.Module
 
 
 PROTOCOLS = ("knn", "linear", "finetune", "all")
+SCORED = {"knn": ["kNN"], "linear": ["linear probe"], "all": ["kNN", "linear probe"]}
 
 
 def evaluate_run(
@@ -97,23 +99,27 @@ def evaluate_run(
         from selfsup.commands.finetuning import parse_labels
 
         parse_labels(labels)  # one line before anything is loaded
-    cfg, encoder, trained_on = load_run(run, encoder)
-    device = resolve_device(cfg["train"]["device"])
-    encoder.to(device)
-    train, test, k = evaluation_data(cfg, trained_on, data, data_dir)
+    console = Console()
+    with console.phase("loading"):  # silent: a run folder that is none is one line, nothing before it
+        cfg, encoder, trained_on = load_run(run, encoder)
+        device = resolve_device(cfg["train"]["device"])
+        encoder.to(device)
+        train, test, k = evaluation_data(cfg, trained_on, data, data_dir)
     results: dict[str, Any] = {"data": data or cfg["data"]["spec"]}
     if protocol != "finetune" and (why := no_labels(Datasets(train, train, test))):
         print(f"selfsup: {why}", file=sys.stderr)
     if protocol != "finetune":
-        scores, _, _ = score_encoder(
-            encoder, Datasets(train, train, test), {"eval": {**cfg["eval"], "knn_k": k}}, device,
-            knn=protocol in ("knn", "all"), linear=protocol in ("linear", "all"),
-        )
+        with console.phase("scoring", f"scoring the frozen features ({', '.join(SCORED[protocol])})"):
+            scores, _, _ = score_encoder(
+                encoder, Datasets(train, train, test), {"eval": {**cfg["eval"], "knn_k": k}}, device,
+                knn=protocol in ("knn", "all"), linear=protocol in ("linear", "all"),
+            )
         results.update(scores)
     if labels is not None:
         from selfsup.commands.finetuning import finetune
 
-        outcome = finetune(Path(run), cfg, encoder, train, test, labels, device, seed)
+        with console.phase("fine-tuning", f"fine-tuning the whole encoder on {labels} of the labels"):
+            outcome = finetune(Path(run), cfg, encoder, train, test, labels, device, seed)
         results["finetune_top1"] = {labels: outcome["top1"]}
         results["finetune_subset"] = outcome["subset"]
     _merge_summary(Path(run), results, transfer=results["data"] != cfg["data"]["spec"])

@@ -46,6 +46,7 @@ from selfsup.evaluate.features import extract_features, normalize_batch
 from selfsup.nn.resnet import STANDARD_WIDTH, ResNet, torchvision_state_dict
 from selfsup.run import custom_encoder
 from selfsup.run.checkpoint import atomic_write
+from selfsup.run.console import Console
 from selfsup.run.files import claim_in_run
 from selfsup.run.run_folder import read_config
 
@@ -86,7 +87,8 @@ def export(
     if fmt in STATE_DICT_FORMATS:
         result = _export_state_dict(cfg, encoder, fmt, target, spec)
     else:
-        result = _export_program(encoder, test, fmt, target, spec)
+        with Console().phase("export", f"exporting to {fmt} and checking it against PyTorch on held-out inputs"):
+            result = _export_program(encoder, test, fmt, target, spec)
     result.update({"out": str(target), "format": fmt, "preprocessing": str(_sidecar(target)), **spec})
     atomic_write(_sidecar(target), lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result
