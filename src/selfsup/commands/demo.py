@@ -57,5 +57,6 @@ def demo(
     print(f"  raw pixels           {100 * pixels:5.1f} %")
     print(f"  random-init encoder  {100 * random_init:5.1f} %")
     print(f"  trained encoder      {100 * summary['knn_top1']:5.1f} %   (linear probe {100 * summary['linear_top1']:.1f} %)")
-    print(f"figures: {Path(out) / 'curves.png'}, {Path(out) / 'embedding_map.png'}")
+    print(f"wall time {summary['wall_s']:.0f} s (training {summary['phases_s']['training']:.0f} s); "
+          f"figures: {Path(out) / 'curves.png'}, {Path(out) / 'embedding_map.png'}")
     return result
