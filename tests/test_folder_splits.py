@@ -128,6 +128,8 @@ def test_an_unlabelled_folder_reports_collapse_monitors_instead_of_knn(tmp_path,
     captured = capsys.readouterr()
     evaluated = json.loads(captured.out.strip().splitlines()[-1])
     assert "knn_top1" not in evaluated and evaluated["feature_std_ratio"] > 0 and why in captured.err
+    assert main(["eval", "--run", str(tmp_path / "run"), "--protocol", "finetune", "--labels", "10"]) == 2
+    assert "--protocol finetune needs labels" in capsys.readouterr().err
 
 
 def test_images_outside_the_class_folders_are_left_out_of_knn(tmp_path):

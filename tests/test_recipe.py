@@ -220,3 +220,9 @@ def test_a_resumed_run_keeps_its_fitted_config(tmp_path):
     fit(out_dir=tmp_path / "run", resume=True, datasets=digits())
     assert (tmp_path / "run" / "config.yaml").read_text() == written
     assert yaml.safe_load(written)["head"]["momentum_base"] < 0.99
+
+
+def test_unlabelled_data_leaves_knn_alone():
+    cfg = make_config("simclr", "folder:x", images(200, 32, labelled=0))
+    assert "eval.knn_k" not in cfg["recipe"]["changes"]
+    assert "eval.knn_k" in make_config("simclr", "folder:x", images(200, 32))["recipe"]["changes"]

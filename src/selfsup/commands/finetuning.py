@@ -45,6 +45,9 @@ def labelled_total(labels: str, train: ArrayDataset) -> tuple[int, float]:
     """(images, fraction of the training split) that ``--labels`` asks for; one line if it cannot be met."""
     kind, value = parse_labels(labels)
     available = int((train.labels >= 0).sum())
+    if available == 0 or train.num_classes < 2:
+        raise ValueError(f"--protocol finetune needs labels, and '{train.name}' has none (no class folders): put the "
+                         "images in one folder per class, or evaluate on labelled data with --data SPEC")
     total = math.floor(value * available) if kind == "fraction" else int(value)
     if total > available:
         raise ValueError(f"--labels {labels}: the training split of '{train.name}' has {available} labelled images")

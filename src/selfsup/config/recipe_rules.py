@@ -291,7 +291,7 @@ def knn_neighbours(cfg: dict[str, Any], size: RunSize) -> dict[str, tuple[Any, s
     """kNN's k = 200 (InstDisc) where a class holds 200 images; ~16 % of an ImageNet class for smaller classes."""
     k = cfg["eval"]["knn_k"]
     fitted = knn_k(k, size.labelled_per_class)
-    if fitted >= k:
+    if fitted >= k or size.labelled_per_class == 0:  # unlabelled data: no kNN is run
         return {}
     return {"eval.knn_k": (fitted, f"{size.labelled_per_class:.0f} labelled images per class: k = {k} would reach "
                                    f"into other classes; {KNN_CLASS_FRACTION:.0%} of a class")}
