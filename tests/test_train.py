@@ -172,3 +172,20 @@ def test_checkpoint_write_is_atomic(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="unreadable"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("setting, expected", [("auto", False), ("true", True)])
+def test_channels_last_on_a_cpu_only_when_asked_and_training_alike(tmp_path, setting, expected):
+    from selfsup.train.setup import make_config
+
+    resnet = DIGITS_SMALL + ["backbone.name=resnet18", "backbone.stem=cifar", "backbone.width=4", "train.epochs=1",
+                             f"train.channels_last={setting}"]
+    trainer = trainer_module.Trainer(make_config("simclr", "digits", digits().pretrain, assignments=resnet), digits())
+    conv = [m for m in trainer.method.modules() if isinstance(m, torch.nn.Conv2d)][-1]  # 1 input channel is both
+    assert trainer.channels_last == expected == conv.weight.is_contiguous(memory_format=torch.channels_last)
+    losses = {}
+    for name, value in (("nchw", "auto"), ("nhwc", setting)):
+        fit("simclr", "digits", out_dir=tmp_path / name, datasets=digits(),
+            assignments=resnet[:-1] + [f"train.channels_last={value}"])
+        losses[name] = json.loads((tmp_path / name / "metrics.jsonl").read_text())["loss"]
+    assert losses["nhwc"] == pytest.approx(losses["nchw"], rel=1e-3)

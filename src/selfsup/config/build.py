@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "compile": False,  # torch.compile: false, backbone (or true), or the whole step's forward (train/step.py)
         "compile_mode": "default",  # torch.compile's mode; reduce-overhead adds CUDA graphs
         "compile_backend": "inductor",
-        "channels_last": "auto",
+        "channels_last": "auto",  # images in NHWC: auto on a GPU only; true also on a CPU (faster there, not bitwise)
         "checkpoint_every": 1,  # epochs between checkpoints (and the last epoch)
         "checkpoint_every_steps": 0,  # also a mid-epoch checkpoint every N steps (0: none); resumes exactly
         "on_nan": "stop",  # a nan/inf loss: 'stop' (last good checkpoint kept) or 'skip' the step and count it
