@@ -22,6 +22,7 @@ from selfsup.evaluate.scoring import no_labels, score_encoder
 from selfsup.nn.backbones import build_backbone
 from selfsup.run import custom_encoder
 from selfsup.run.console import Console
+from selfsup.run.files import refuse_links
 from selfsup.run.report import load_encoder as load_weights
 from selfsup.run.report import read_weights, write_json
 from selfsup.run.run_folder import read_config
@@ -102,6 +103,7 @@ def evaluate_run(
     console = Console()
     with console.phase("loading"):  # silent: a run folder that is none is one line, nothing before it
         cfg, encoder, trained_on = load_run(run, encoder)
+        refuse_links(Path(run), Path(run) / "summary.json")  # where the scores go: refused before they are computed
         device = resolve_device(cfg["train"]["device"])
         encoder.to(device)
         train, test, k = evaluation_data(cfg, trained_on, data, data_dir)
@@ -116,8 +118,9 @@ def evaluate_run(
             )
         results.update(scores)
     if labels is not None:
-        from selfsup.commands.finetuning import finetune
+        from selfsup.commands.finetuning import finetune, labelled_total
 
+        labelled_total(labels, train)  # a subset that cannot be drawn: one line, before the start line
         with console.phase("fine-tuning", f"fine-tuning the whole encoder on {labels} of the labels"):
             outcome = finetune(Path(run), cfg, encoder, train, test, labels, device, seed)
         results["finetune_top1"] = {labels: outcome["top1"]}
