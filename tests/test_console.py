@@ -99,3 +99,23 @@ def test_eval_says_what_it_does_and_how_long_it_took(tmp_path, capsys):
     assert "selfsup: scoring the frozen features (kNN) ..." in lines
     assert any(line.startswith("selfsup: scoring the frozen features (kNN): done in ") for line in lines)
     assert "run folder" in "\n".join(lines)  # the table of scores, for the person reading the log
+
+
+def test_slow_decoding_says_so_in_a_log(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.data import folder
+
+    for cls in ("ant", "bee"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    monkeypatch.setattr(folder, "ANNOUNCE_AFTER_S", -1.0)  # as if every image took long
+    folder.load_image_folder(tmp_path / "imgs", "pretrain", progress=False, limit=6)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"selfsup: decoding 6 images of {tmp_path / 'imgs'} (once: then cached) ..."
+    assert lines[1].startswith(f"selfsup: decoded 6 images of {tmp_path / 'imgs'} in ")
+    monkeypatch.setattr(folder, "ANNOUNCE_AFTER_S", 2.0)
+    folder.load_image_folder(tmp_path / "imgs", "pretrain", progress=False, limit=6)
+    assert capsys.readouterr().err == ""  # a quick load says nothing

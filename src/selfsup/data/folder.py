@@ -13,6 +13,7 @@ Each split keeps its files' relative paths (``ArrayDataset.paths``), which ``sel
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from selfsup.data.images import (
 )
 from selfsup.data.stream import ImageFiles, list_streamed_folder
 
+ANNOUNCE_AFTER_S = 2.0  # decoding that takes longer says so in a log
 STREAM_ABOVE_BYTES = 8 * 2**30  # decoded size above which a folder is streamed rather than cached
 LISTING = 2  # in cache keys: the version of how a source is split and labelled (2: flat folders pre-train on all)
 
@@ -51,11 +53,19 @@ def warn_if_single(source: Path, count: int, split: str) -> None:
 def _decode_all(
     chosen, image_size: int | None, on_error: str, progress: bool, source: Path
 ) -> tuple[np.ndarray, list[str], int]:
-    """uint8 [N, 3, S, S] of the readable images of ``chosen``, their names, and how many were skipped."""
+    """uint8 [N, 3, S, S] of the readable images of ``chosen``, their names, and how many were skipped.
+
+    A bar on a terminal (``progress``); otherwise, once decoding has taken ``ANNOUNCE_AFTER_S``, a start line and
+    at the end a line with its time (a log then says what the wait was, and a quick load says nothing)."""
     images, names, skipped, first_bad = [], [], 0, None
     image_size = common_side([read for _, read in chosen], source, image_size)
     bar = tqdm(chosen, desc=f"decoding {source.name}", unit="img", disable=not progress, mininterval=1.0)
+    started, announced = time.perf_counter(), progress
     for name, read in bar:
+        if not announced and time.perf_counter() - started > ANNOUNCE_AFTER_S:
+            print(f"selfsup: decoding {len(chosen)} images of {printable(source)} (once: then cached) ...",
+                  file=sys.stderr, flush=True)
+            announced = True
         try:
             array = decode_image(read(), image_size)
         except (OSError, ValueError, SyntaxError) as err:
@@ -70,6 +80,9 @@ def _decode_all(
                 array = decode_image(read(), image_size)
         images.append(array)
         names.append(name)
+    if announced and not progress:
+        print(f"selfsup: decoded {len(images)} images of {printable(source)} in {time.perf_counter() - started:.0f} s",
+              file=sys.stderr)
     if skipped:
         print(f"skipped {skipped} unreadable image(s) in {printable(source)} (first: {printable(first_bad)})",
               file=sys.stderr)
