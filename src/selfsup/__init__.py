@@ -3,7 +3,7 @@
 The Python API, imported on first use (``import selfsup`` stays light):
 
     selfsup.fit(method, data, out_dir=...)           train and write a run folder (``selfsup train``)
-    selfsup.evaluate_run(run, protocol="all")         score a finished run (``selfsup eval``)
+    selfsup.evaluate(run, protocol="all")             score a finished run (``selfsup eval``; also ``evaluate_run``)
     selfsup.embed(run, data, out)                     a run encoder's features (``selfsup embed``)
     selfsup.export(run, "onnx")                       the encoder for other runtimes (``selfsup export``)
     selfsup.load_encoder(run)                         the trained encoder, with ``.preprocessing``
@@ -15,6 +15,7 @@ run's weights into it.
 
 from __future__ import annotations
 
+import types
 from importlib import import_module
 from typing import Any
 
@@ -34,3 +35,14 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'selfsup' has no attribute '{name}'")
+
+
+class _EvaluatePackage(types.ModuleType):
+    """``selfsup.evaluate`` is both the package of evaluation on tensors and, called, the API's evaluation of a run
+    (DESIGN.md's ``selfsup.evaluate(run, protocol)``, the same function as ``selfsup.evaluate_run``)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return import_module("selfsup.commands.evaluation").evaluate_run(*args, **kwargs)
+
+
+import_module("selfsup.evaluate").__class__ = _EvaluatePackage  # the package's __init__ is a docstring: stays light
