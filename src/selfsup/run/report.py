@@ -22,7 +22,6 @@ from selfsup.run.files import atomic_write, owns, read_manifest
 ENCODER = "encoder.safetensors"
 SUMMARY = "summary.json"
 EVAL_SPLIT = "eval_split.json"
-MIN_MAP_POINTS = 3
 
 
 def save_encoder(encoder: nn.Module, path: str | Path) -> None:
@@ -64,14 +63,9 @@ def render_figures(
     classes: list[str] | None = None,
 ) -> dict[str, bytes]:
     """``curves.png`` and ``embedding_map.png`` as PNG bytes, drawn before anything is written (the t-SNE takes
-    seconds), so that the final writes are short. Fewer than ``MIN_MAP_POINTS`` held-out embeddings get no map (a
-    t-SNE needs more points than its perplexity of 2), which one stderr line says."""
+    seconds), so that the final writes are short (a handful of points gets a PCA map: ``plots.plot_embedding_map``)."""
     curves, embedding_map = io.BytesIO(), io.BytesIO()
     plot_curves(history, curves, title)
-    if len(features) < MIN_MAP_POINTS:
-        print(f"selfsup: no embedding_map.png: {len(features)} held-out images are too few for a t-SNE map "
-              f"({MIN_MAP_POINTS} or more)", file=sys.stderr)
-        return {"curves.png": curves.getvalue()}
     plot_embedding_map(features.float().cpu().numpy(), labels.cpu().numpy(), embedding_map, title, classes=classes)
     return {"curves.png": curves.getvalue(), "embedding_map.png": embedding_map.getvalue()}
 
