@@ -30,6 +30,7 @@ The real run of a method is shared by its tests (``real_run``); ``xdist_group`` 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
@@ -50,8 +51,13 @@ from selfsup.train.trainer import fit
 from tests.helpers import QUIET, digits
 
 SETTINGS = ["backbone.width=16", "train.epochs=20", "eval.knn_k=200", "eval.knn_t=0.1", "eval.monitor_batches=1"]
+SMALL_HEAD = ["head.proj_hidden_dim=512", "head.proj_out_dim=512"]
+SMALL_PREDICTOR = ["head.proj_hidden_dim=512", "head.pred_hidden_dim=512"]
+# Heads at the papers' widths (2048-4096) on a width-16 convnet took 3-4 times the backbone's time.
 EXTRA = {
     "dim": ["head.mi_units=256"],  # 2048 local MI units over every feature-map cell: 50 s a run on CPU
+    "barlow_twins": SMALL_HEAD, "vicreg": SMALL_HEAD, "simsiam": SMALL_HEAD + ["head.pred_hidden_dim=128"],
+    "byol": SMALL_PREDICTOR, "mocov3": SMALL_PREDICTOR, "swav": ["head.proj_hidden_dim=512"],
     "instdisc": ["backbone.name=resnet18", "backbone.stem=cifar"],
 }
 DATA = {"cpc": ("ucr:OSULeaf", ["train.epochs=30", "eval.monitor_batches=1"])}  # k: the recipe's 5
@@ -110,6 +116,44 @@ def second_argument_of_another_image(method: str, function: str):
     return in_method_module(method, function, wrap)
 
 
+def with_settings(*assignments: str):
+    """The method trained with ``assignments`` added to its test settings (a term's weight, a learning rate)."""
+    return patched(sys.modules[__name__], "MUTANT_SETTINGS", lambda original: list(assignments))
+
+
+def without_predictor(method: str, cls_name: str):
+    """The online branch's predictor replaced by the identity: the projection itself matches the target."""
+    cls = getattr(__import__(f"selfsup.methods.{method}", fromlist=["_"]), cls_name)
+
+    def wrap(original):
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            self.predictor = torch.nn.Identity()
+        return init
+    return patched(cls, "__init__", wrap)
+
+
+def labels_shuffled():
+    """SupCon's positives from the batch's labels in a random order: same class sizes, wrong images."""
+    from selfsup.methods.supcon import SupCon
+
+    def wrap(original):
+        def forward(self, views, labels=None, indices=None):
+            return original(self, views, labels[torch.randperm(labels.shape[0], device=labels.device)], indices)
+        return forward
+    return patched(SupCon, "forward", wrap)
+
+
+def random_assignments():
+    """DeepCluster v2's k-means keeps its centroids but hands every sample a random cluster."""
+    def wrap(original):
+        def kmeans(x, k, iters, generator):
+            centroids, _ = original(x, k, iters, generator)
+            return centroids, torch.randint(k, (x.shape[0],), generator=generator).to(x.device)
+        return kmeans
+    return in_method_module("deepclusterv2", "spherical_kmeans", wrap)
+
+
 def never_written(cls: type, method_name: str):
     """A memory's write (queue enqueue, bank or feature-memory update) does nothing."""
     return patched(cls, method_name, lambda original: lambda *args, **kwargs: None)
@@ -151,27 +195,31 @@ def _deepcluster_memory():
 
 MUTATIONS: dict[str, dict[str, Callable]] = {
     "simclr": {"positive_of_another_image": views_of_different_images},
-    "supcon": {"positive_of_another_image": views_of_different_images},
+    "supcon": {"labels_shuffled": labels_shuffled},
     "moco": {"positive_of_another_image": views_of_different_images, "queue_never_written": _queue},
     "mocov1": {"queue_never_written": _queue},
-    "mocov3": {"positive_of_another_image": views_of_different_images},
+    "mocov3": {"no_predictor": lambda: without_predictor("mocov3", "MoCoV3"),
+               "target_is_online": lambda: with_settings("head.momentum_base=0", "head.momentum_final=0")},
     "instdisc": {"bank_never_written": _bank},
-    "adco": {"positive_of_another_image": views_of_different_images},
+    "adco": {"negatives_never_updated": lambda: with_settings("head.negatives_lr=0")},
     "cpc": {"future_of_another_series": lambda: second_argument_of_another_image("cpc", "cpc")},
     "dim": {"global_vector_of_another_image": lambda: second_argument_of_another_image("dim", "deep_infomax")},
     "swav": {"no_equipartition": no_equipartition, "positive_of_another_image": views_of_different_images},
-    "deepclusterv2": {"memory_never_written": _deepcluster_memory},
-    "byol": {"positive_of_another_image": views_of_different_images},
+    "deepclusterv2": {"memory_never_written": _deepcluster_memory, "random_assignments": random_assignments},
+    "byol": {"no_predictor": lambda: without_predictor("byol", "BYOL"),
+             "target_is_online": lambda: with_settings("head.momentum_base=0", "head.momentum_final=0")},
     "simsiam": {"no_stop_gradient": lambda: no_stop_gradient("simsiam")},
-    "barlow_twins": {"positive_of_another_image": views_of_different_images},
+    "barlow_twins": {"no_off_diagonal": lambda: with_settings("loss.lambda_offdiag=0")},
     "wmse": {"no_whitening": no_whitening},
-    "vicreg": {"positive_of_another_image": views_of_different_images},
+    "vicreg": {"no_variance": lambda: with_settings("loss.var=0")},
 }
+MUTANT_SETTINGS: list[str] = []
 
 
 def settings(method: str) -> tuple[str, list[str]]:
     """The data SPEC and ``--set`` assignments a method's tests train with."""
-    return DATA.get(method, ("digits", SETTINGS + EXTRA.get(method, [])))
+    spec, assignments = DATA.get(method, ("digits", SETTINGS + EXTRA.get(method, [])))
+    return spec, assignments + MUTANT_SETTINGS
 
 
 @lru_cache(maxsize=None)

@@ -115,6 +115,10 @@ def test_a_value_derived_from_a_key_the_user_set_is_kept(method, assignments, ke
     cfg = make_config(method, "digits", digits().pretrain, assignments=["train.epochs=20"] + assignments)
     section = "backbone" if key == "stem" else "views" if key in ("gray_p", "solarize_p") else "head"
     assert cfg[section][key] == kept and f"{section}.{key}" not in cfg["recipe"]["changes"]
+    records = cfg["recipe"]["kept"]  # config.yaml says which set key stopped which rule
+    assert records and {r["because_set"] for r in records.values()} == {a.split("=")[0] for a in assignments}
+    if f"{section}.{key}" in records:  # (SwAV's queue rule does not fire at 3000 prototypes: nothing to stop)
+        assert records[f"{section}.{key}"]["value"] == kept != records[f"{section}.{key}"]["not_fitted_to"]
 
 
 def test_a_shorter_run_keeps_the_presets_own_warmup_fraction():

@@ -68,7 +68,9 @@ def is_explicit(key: str, explicit: set[str]) -> bool:
 def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str], processes: int | None = None) -> dict[str, Any]:
     """``cfg`` with the run-relative preset values rescaled to ``data`` and ``train.epochs``.
 
-    The returned config's ``recipe`` section maps each changed key to its value, the preset's value and why;
+    The returned config's ``recipe`` section maps each changed key to its value, the preset's value and why
+    (``changes``), and each key a rule would have changed but left because the user set it or a key it derives
+    from (``kept``: the value kept, the value not fitted to, the key set, the rule's reason);
     ``recipe.fit: false`` in ``cfg`` (or the user's ``--set recipe.fit=false``) keeps the preset verbatim. Sequences
     follow ``recipe_sequences``: window, CPC steps, a batch whose activations fit over ``processes`` (default: the run's).
     """
@@ -80,12 +82,17 @@ def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str], proc
         return cfg
     sequences = SequenceSize(len(data), data.input_size, data.channels, processes or distributed.world_size())
     changes: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
     epochs = preset_epochs(cfg, data)
     for rule in [Rule(r) for r in SEQUENCE_RULES] if data.kind == "sequence" else RULES:
         size = sequences if data.kind == "sequence" else run_size(cfg, data, epochs)
         for key, (value, why) in rule.fit(cfg, size).items():
             preset = get_dotted(cfg, key)
-            if preset == value or any(is_explicit(k, explicit) for k in (key, *rule.sources(key))):
+            if preset == value:
+                continue
+            set_by_user = [k for k in (key, *rule.sources(key)) if is_explicit(k, explicit)]
+            if set_by_user:
+                kept[key] = {"value": preset, "not_fitted_to": value, "because_set": set_by_user[0], "why": why}
                 continue
             set_dotted_value(cfg, key, value)
             changes[key] = {"value": value, "preset": preset, "why": why}
@@ -95,6 +102,8 @@ def fit_recipe(cfg: dict[str, Any], data: ArrayDataset, explicit: set[str], proc
         size = run_size(cfg, data)
         recipe["run"] = {"images": size.samples, "epochs": size.epochs, "steps": size.steps, "image_side": size.image_side}
     recipe["changes"] = changes
+    if kept:
+        recipe["kept"] = kept
     return cfg
 
 
