@@ -376,6 +376,29 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seed_summary(rows: list[dict[str, Any]]) -> str:
+    """Per method: each side's kNN mean and standard deviation over seeds, and the issue's goal: selfsup >=
+    lightly - one seed standard deviation (pooled over the two sides: the root of their mean variance)."""
+    header = ["method", "seeds", "selfsup kNN mean ± sd", "lightly kNN mean ± sd", "selfsup - lightly",
+              "pooled sd", "goal: difference >= -sd", "selfsup / lightly img/CPU-s (mean)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        both = [r for r in rows if r["method"] == method and "knn" in r.get("selfsup", {})
+                and "knn" in r.get("lightly", {})]
+        if len(both) < 2:
+            lines.append(f"| {method} | {len(both)} | | | | | under 2 seeds finished on both sides | |")
+            continue
+        ours, theirs = [r["selfsup"]["knn"] for r in both], [r["lightly"]["knn"] for r in both]
+        sd = math.sqrt((statistics.variance(ours) + statistics.variance(theirs)) / 2)
+        gap = statistics.mean(ours) - statistics.mean(theirs)
+        speed = statistics.mean(r["selfsup"]["images_per_cpu_s"] / r["lightly"]["images_per_cpu_s"] for r in both)
+        cells = [method, str(len(both)), f"{statistics.mean(ours):.3f} ± {statistics.stdev(ours):.3f}",
+                 f"{statistics.mean(theirs):.3f} ± {statistics.stdev(theirs):.3f}", f"{gap:+.3f}", f"{sd:.3f}",
+                 "met" if gap >= -sd else "NOT met", f"{speed:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def curves(rows: list[dict[str, Any]]) -> str:
     epochs = max(r["epochs"] for r in rows)
     header = ["method", "library"] + [f"ep {e}" for e in range(epochs + 1)]
@@ -424,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.report:
         rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
-        print(table(rows) + "\n\nkNN@200 per epoch (epoch 0: the shared initialisation)\n\n" + curves(rows))
+        print(table(rows) + "\n\nOver seeds\n\n" + seed_summary(rows)
+              + "\n\nkNN@200 per epoch (epoch 0: the shared initialisation)\n\n" + curves(rows))
         return 0
     spec, data = load_data(args.cifar, args.train, args.test)
     if args.step_timing:
@@ -457,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} thread(s), resnet18 w{args.width}, batch {args.batch_size}, "
           f"{args.epochs} epochs, {len(data.pretrain)} / {len(data.test)} images\n")
     print(table(rows))
+    print("\nOver seeds\n")
+    print(seed_summary(rows))
     print("\nkNN@200 per epoch (epoch 0: the shared initialisation)\n")
     print(curves(rows))
     return 0
