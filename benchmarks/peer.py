@@ -103,6 +103,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--knn-t", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=str(REPO / "runs" / "peer.jsonl"), help="one line per run, appended")
+    parser.add_argument("--selfsup-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further selfsup config value (e.g. train.channels_last=true), recorded in the row")
     parser.add_argument("--step-timing", action="store_true", help="only time the bare backbone step variants")
     parser.add_argument("--report", help="only print the tables of a --json file written before")
     return parser.parse_args(argv)
@@ -163,7 +165,8 @@ def selfsup_config(method: str, spec: str, data: Datasets, args: argparse.Namesp
     }
     if method == "moco":
         overrides["train"]["sync_batchnorm"] = False
-    return make_config(method, spec, data.pretrain, overrides=overrides, fit_to_run=False)
+    return make_config(method, spec, data.pretrain, overrides=overrides, assignments=args.selfsup_set,
+                       fit_to_run=False)
 
 
 def train_selfsup(method: str, spec: str, data: Datasets, init: nn.Module, args: argparse.Namespace, seed: int,
@@ -323,6 +326,7 @@ def run_pair(method: str, spec: str, data: Datasets, args: argparse.Namespace, s
     init = initial_encoder(args.width, data, seed)
     random_init = knn(init, data, args.knn_k, args.knn_t)
     row: dict[str, Any] = {"method": method, "seed": seed, "epochs": args.epochs, "width": args.width,
+                           "selfsup_set": args.selfsup_set,
                            "batch": args.batch_size, "train": len(data.pretrain), "test": len(data.test),
                            "raw_pixels": raw, "random_init": random_init}
     images = len(data.pretrain) // args.batch_size * args.batch_size  # images trained per epoch

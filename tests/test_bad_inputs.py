@@ -294,7 +294,7 @@ def _run(argv: list[str], cache: Path) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def outcomes(tmp_path_factory) -> dict[str, tuple]:
     """Every case set up, run in parallel (4 at a time), and its watched paths before and after."""
     root = tmp_path_factory.mktemp("bad_inputs")

@@ -63,7 +63,7 @@ def one_line_error(capsys, argv: list[str]) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def scripted_run(tmp_path_factory):
     torch.manual_seed(0)
     net = SmallNet()

@@ -70,7 +70,7 @@ def _assert_same_parameters(a: dict, b: dict) -> None:
         assert torch.allclose(a[key].double(), b[key].double(), rtol=1e-6, atol=1e-9), key
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     mp.spawn(_ddp_worker, args=(_free_port(), str(root)), nprocs=2, join=True)

@@ -115,7 +115,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def per_rank(tmp_path_factory) -> list[dict]:
     folder = tmp_path_factory.mktemp("distributed")
     mp.spawn(worker, args=(free_port(), str(folder)), nprocs=WORLD, join=True)

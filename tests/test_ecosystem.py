@@ -36,7 +36,7 @@ pytestmark = pytest.mark.xdist_group("ecosystem")
 TINY = DIGITS_SMALL + ["backbone.width=4", "train.epochs=2", "eval.every=1", "eval.linear_epochs=5"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def run(tmp_path_factory):
     """A finished 2-epoch SimCLR run on digits, kNN evaluated every epoch, TensorBoard on."""
     out = tmp_path_factory.mktemp("ecosystem") / "run"
@@ -44,7 +44,7 @@ def run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def photo_crops(tmp_path_factory):
     """A CIFAR-like folder: 16 px crops of scikit-learn's two photographs (class = photograph), 40 of each.
 

@@ -21,7 +21,7 @@ from tests.test_folder_splits import SMALL, write_images
 pytestmark = pytest.mark.xdist_group("embed")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A run on a flat folder of two classes (and three images outside them), with its decoding cache."""
     root = tmp_path_factory.mktemp("embed")

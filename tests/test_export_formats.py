@@ -31,7 +31,7 @@ QUICK = ["train.epochs=1", "train.device=cpu", "train.progress=false", "eval.eve
          "eval.linear_epochs=2", "eval.knn_k=20"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def resnet_run(tmp_path_factory):
     """A full-width (64) CIFAR-stem ResNet-18 trained one epoch on digits (one channel)."""
     out = tmp_path_factory.mktemp("export") / "resnet"

@@ -129,7 +129,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(meth
     assert_same_run(tmp_path / "whole", killed)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def simclr_whole(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("simclr") / "whole"
     fit("simclr", "digits", out_dir=run, assignments=SETTINGS + ["train.checkpoint_every_steps=0"], datasets=digits())

@@ -148,7 +148,7 @@ CLI_CASES: dict[str, tuple[Callable[[Path], str], list[str], int, list[str]]] = 
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli_outcomes(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile_cli")
     prepared = {}

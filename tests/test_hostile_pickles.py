@@ -195,7 +195,7 @@ def _load_in_children(files: list[Path]) -> dict[str, tuple[str, str]]:
     return outcomes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gadget_outcomes(tmp_path_factory) -> tuple[dict[str, tuple[str, str]], Path]:
     case = tmp_path_factory.mktemp("gadgets")
     files = []

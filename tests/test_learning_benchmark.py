@@ -14,7 +14,7 @@ from selfsup.nn.convnet import convnet
 pytestmark = pytest.mark.xdist_group("learning_benchmark")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits():
     return load_digits("train"), load_digits("test")
 

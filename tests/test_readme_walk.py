@@ -26,7 +26,7 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def walked(tmp_path_factory):
     """The folder the walk ran in, and what its Python block printed."""
     here = tmp_path_factory.mktemp("walk")

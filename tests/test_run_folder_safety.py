@@ -213,7 +213,7 @@ CARELESS = {
 CASES = {**HOSTILE, **CARELESS}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def finished(tmp_path_factory) -> Path:
     """A finished run with every file (plots and TensorBoard included) to copy into the cases."""
     run = tmp_path_factory.mktemp("finished") / "run"
@@ -232,7 +232,7 @@ def _cli(argv: list[str], cache: Path, prelude: str = "") -> subprocess.Complete
                           text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def outcomes(finished, tmp_path_factory) -> dict[str, tuple]:
     """Every refusal case set up and run (2 at a time), with its watched paths before and after."""
     root = tmp_path_factory.mktemp("safety")

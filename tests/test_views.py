@@ -22,7 +22,7 @@ def seeded():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cifar() -> torch.Tensor:
     """400 CIFAR-size crops of real photographs, uint8 [400, 3, 32, 32].
 
