@@ -28,9 +28,6 @@ from PIL import Image
 from selfsup.train.trainer import fit
 from tests.helpers import digits
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("bad_inputs")
-
 TRAIN = ["train", "--method", "simclr", "--data", "digits", "--set", "train.device=cpu", "--set", "train.progress=false"]
 TINY = ["backbone.width=4", "train.batch_size=128", "train.epochs=2", "train.device=cpu", "train.progress=false",
         "eval.every=0", "eval.plots=false", "eval.linear_epochs=2", "eval.knn_k=20"]

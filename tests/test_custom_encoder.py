@@ -23,9 +23,6 @@ from selfsup.run.custom_encoder import PROGRAM
 from selfsup.run.files import MANIFEST
 from tests.helpers import QUIET, digits
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("custom_encoder")
-
 SETTINGS = QUIET + ["train.epochs=1", "train.batch_size=128"]
 
 

@@ -21,9 +21,6 @@ from selfsup.run.checkpoint import load_checkpoint
 from selfsup.train.trainer import fit
 from tests.helpers import digits
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("ddp")
-
 METHODS = ["simclr", "moco", "byol", "swav", "barlow_twins"]
 RESUMED = ["simclr", "byol"]
 SETTINGS = [

@@ -31,8 +31,6 @@ from selfsup.train.prepare import rerun_config
 from selfsup.train.trainer import fit
 from tests.helpers import DIGITS_SMALL, digits
 
-pytestmark = pytest.mark.xdist_group("ecosystem")
-
 TINY = DIGITS_SMALL + ["backbone.width=4", "train.epochs=2", "eval.every=1", "eval.linear_epochs=5"]
 
 

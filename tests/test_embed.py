@@ -17,9 +17,6 @@ from selfsup.data.stream import ImageFiles
 from selfsup.evaluate import features as features_module
 from tests.test_folder_splits import SMALL, write_images
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("embed")
-
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):

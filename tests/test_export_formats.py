@@ -24,9 +24,6 @@ from selfsup.train.trainer import fit
 from tests.helpers import digits
 from tests.torchvision_cpu import import_torchvision
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("export_formats")
-
 QUICK = ["train.epochs=1", "train.device=cpu", "train.progress=false", "eval.every=0", "eval.plots=false",
          "eval.linear_epochs=2", "eval.knn_k=20"]
 

@@ -23,9 +23,6 @@ from selfsup.run.preemption import REQUEUE_EXIT_CODE
 from selfsup.train.trainer import fit
 from tests.helpers import digits
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("faults")
-
 # 3 epochs of 9 steps; checkpoints every 4 steps and at the end of epochs 2 and 3 (so a kill after epoch 1's
 # metrics row resumes from a checkpoint that predates it).
 SETTINGS = [

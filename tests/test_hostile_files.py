@@ -32,9 +32,6 @@ from selfsup.data.images import decode_image, list_images
 from tests.test_bad_inputs import TRAIN, _run, _snapshot, folder_of_rgb_images
 from tests.test_hostile_pickles import _edited, edits, no_hang
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("hostile_files")
-
 TINY = ["--epochs", "1", "--batch-size", "8", "--set", "backbone.width=4", "--set", "eval.plots=false",
         "--set", "train.progress=false", "--set", "train.device=cpu"]
 HUGE_MEMBER = 256 * 2**20

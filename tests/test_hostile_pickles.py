@@ -28,9 +28,6 @@ from selfsup.data.cifar import FORMATS, _batch_arrays, _unpickle
 from selfsup.data.restricted_pickle import PLAIN_DTYPES, restricted_loads
 from tests.test_bad_inputs import RunsCode
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("hostile_pickles")
-
 try:  # numpy >= 2
     from numpy._core import numeric
 except ImportError:  # numpy 1.x

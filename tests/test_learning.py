@@ -53,7 +53,7 @@ Margins come from seeds 0-4 of these settings (``python benchmarks/learn_seeds.p
   never-updated negatives score higher on all five seeds (0.917-0.941 vs 0.867-0.909): on 1,257 digits the
   adversaries become same-class images. MoCo's positive of another image loses only 0.011 on seed 1.
 
-The real run of a method is shared by its tests (``real_run``); ``xdist_group`` keeps them on one worker.
+The real run of a method is shared by its tests (``real_run``): ``--dist loadfile`` keeps a module on one worker.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def test_every_image_method_has_a_mutation():
     assert set(IMAGE_METHODS) <= set(MUTATIONS)
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.xdist_group(m)) for m in IMAGE_METHODS])
+@pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_learns_against_a_strong_baseline_without_collapse(method):
     knn, last = real_run(method)
     spec, assignments = settings(method)
@@ -337,7 +337,7 @@ def test_learns_against_a_strong_baseline_without_collapse(method):
 
 @pytest.mark.parametrize(
     "method, mutation",
-    [pytest.param(m, name, marks=pytest.mark.xdist_group(m)) for m in MUTATIONS for name in MUTATIONS[m]],
+    [(m, name) for m in MUTATIONS for name in MUTATIONS[m]],
 )
 def test_a_broken_method_scores_clearly_worse(method, mutation):
     metric, margin = MUTANT_MARGINS[method, mutation]
@@ -352,7 +352,6 @@ def test_every_mutation_has_a_measured_margin():
     assert set(MUTANT_MARGINS) == {(m, name) for m in MUTATIONS for name in MUTATIONS[m]}
 
 
-@pytest.mark.xdist_group("demo")
 def test_the_demo_beats_raw_pixels_and_reaches_98_percent(tmp_path):
     """`selfsup demo`'s own settings (60 epochs, width 16, one thread, the recipe's k)."""
     result = demo(tmp_path / "demo", progress=False)

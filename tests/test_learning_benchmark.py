@@ -10,9 +10,6 @@ from benchmarks.reference.common import encode, knn_scores
 from selfsup.data.digits import load_digits
 from selfsup.nn.convnet import convnet
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("learning_benchmark")
-
 
 @pytest.fixture(scope="session")
 def digits():

@@ -13,9 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("readme_walk")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -31,9 +31,6 @@ from selfsup.train.trainer import fit
 from tests.helpers import digits
 from tests.test_bad_inputs import TINY, TRAIN, _run, _snapshot, copy_run
 
-# Its tests share module fixtures that run real trainings: on one xdist worker they run once, not per worker.
-pytestmark = pytest.mark.xdist_group("run_folder_safety")
-
 QUICK = ["--set", "backbone.width=4", "--set", "train.epochs=1", "--set", "eval.plots=false", "--set",
          "eval.linear_epochs=1", "--set", "eval.knn_k=20", "--set", "train.tensorboard=false"]
 PRECIOUS = b"a file of the user's, outside the run folder\n"
