@@ -3,10 +3,11 @@
     python benchmarks/learn_seeds.py [--methods simclr,byol|all] [--seeds 0-4] [--jobs 2] [--out FILE.jsonl]
 
 Each run is the test's own ``train`` (digits, its settings, one thread); a mutation is the test's context
-manager, those it asserts (``MUTATIONS``) and those digits cannot tell (``NOT_MEASURABLE_ON_DIGITS``). Results are appended to ``--out`` as JSON lines, and runs already there are not repeated, so a
-stopped measurement resumes. The table gives, per method, the real run's kNN on every seed and, per
-mutation, its kNN and its gap below the real run of the same seed; the smallest gap is what ``MUTANT_GAP``
-must stay under, and the lowest real score what the bar must stay under.
+manager, those it asserts (``MUTATIONS``) and those digits cannot tell (``NOT_MEASURABLE_ON_DIGITS``). Results
+are appended to ``--out`` as JSON lines, and runs already there are not repeated, so a stopped measurement
+resumes. The table gives, per method, the real run's kNN on every seed and, per mutation, what the test reads
+(``MUTANT_MARGINS``: kNN unless it names a monitor) and its loss below the real run of the same seed; the
+smallest loss is what the mutation's margin must stay under, and the lowest real kNN what the bar must.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +41,8 @@ def run(job: Job) -> dict:
     from tests import test_learning as learning
 
     method, mutation, seed = job
-    with tempfile.TemporaryDirectory() as out:
-        if mutation:
-            with mutations_of(method)[mutation]():
-                knn, last = learning.train(method, Path(out), seed)
-        else:
-            knn, last = learning.train(method, Path(out), seed)
+    with tempfile.TemporaryDirectory() as out, mutations_of(method)[mutation]() if mutation else nullcontext():
+        knn, last = learning.train(method, Path(out), seed)
     return {"method": method, "mutation": mutation, "seed": seed, "knn": knn,
             "effective_rank": last.get("effective_rank"), "z_std_ratio": last.get("z_std_ratio")}
 
@@ -55,15 +53,22 @@ def seeds_of(text: str) -> list[int]:
 
 
 def table(rows: list[dict]) -> str:
-    knn = {(r["method"], r["mutation"], r["seed"]): r["knn"] for r in rows}
-    lines = ["| method | mutation | kNN by seed | gap below the real run by seed | smallest gap |", "|---|---|---|---|---|"]
+    """Per method and mutation: the value the test reads on each seed and the mutant's loss below the real run."""
+    from tests.test_learning import MUTANT_MARGINS
+
+    by_run = {(r["method"], r["mutation"], r["seed"]): r for r in rows}
+    lines = ["| method | mutation | read | value by seed | loss below the real run by seed | smallest loss |",
+             "|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         for mutation in dict.fromkeys(r["mutation"] for r in rows if r["method"] == method):
-            seeds = sorted(s for (m, u, s) in knn if m == method and u == mutation)
-            scores = " ".join(f"{knn[method, mutation, s]:.3f}" for s in seeds)
-            gaps = [knn[method, "", s] - knn[method, mutation, s] for s in seeds if mutation and (method, "", s) in knn]
-            lines.append(f"| {method} | {mutation or '(real)'} | {scores} | {' '.join(f'{g:+.3f}' for g in gaps)} | "
-                         f"{min(gaps):.3f} |" if gaps else f"| {method} | {mutation or '(real)'} | {scores} | | |")
+            read = MUTANT_MARGINS.get((method, mutation), ("knn", None))[0]
+            seeds = sorted(s for (m, u, s) in by_run if m == method and u == mutation)
+            values = " ".join(f"{by_run[method, mutation, s][read]:.3f}" for s in seeds)
+            losses = [by_run[method, "", s][read] - by_run[method, mutation, s][read]
+                      for s in seeds if mutation and (method, "", s) in by_run]
+            shown = " ".join(f"{g:+.3f}" for g in losses)
+            smallest = f"{min(losses):.3f}" if losses else ""
+            lines.append(f"| {method} | {mutation or '(real)'} | {read} | {values} | {shown} | {smallest} |")
     return "\n".join(lines)
 
 

@@ -172,6 +172,11 @@ def labels_shuffled():
     return patched(SupCon, "forward", wrap)
 
 
+def target_is_online():
+    """The EMA momentum 0 throughout: after every step the target network is a copy of the online one."""
+    return with_settings("head.momentum_base=0", "head.momentum_final=0")
+
+
 def random_assignments():
     """DeepCluster v2's k-means keeps its centroids but hands every sample a random cluster."""
     def wrap(original):
@@ -233,7 +238,7 @@ MUTATIONS: dict[str, dict[str, Callable]] = {
     "dim": {"global_vector_of_another_image": lambda: second_argument_of_another_image("dim", "deep_infomax")},
     "swav": {"no_equipartition": no_equipartition, "positive_of_another_image": views_of_different_images},
     "deepclusterv2": {"memory_never_written": _deepcluster_memory, "random_assignments": random_assignments},
-    "byol": {"target_is_online": lambda: with_settings("head.momentum_base=0", "head.momentum_final=0")},
+    "byol": {"target_is_online": target_is_online},
     "simsiam": {"no_stop_gradient": lambda: no_stop_gradient("simsiam")},
     "barlow_twins": {"no_off_diagonal": lambda: with_settings("loss.lambda_offdiag=0")},
     "wmse": {"no_whitening": no_whitening},
@@ -244,7 +249,7 @@ MUTATIONS: dict[str, dict[str, Callable]] = {
 NOT_MEASURABLE_ON_DIGITS: dict[str, dict[str, Callable]] = {
     "byol": {"no_predictor": lambda: without_predictor("byol", "BYOL")},
     "mocov3": {"no_predictor": lambda: without_predictor("mocov3", "MoCoV3"),
-               "target_is_online": lambda: with_settings("head.momentum_base=0", "head.momentum_final=0")},
+               "target_is_online": target_is_online},
     "adco": {"negatives_never_updated": lambda: with_settings("head.negatives_lr=0")},
     "moco": {"positive_of_another_image": views_of_different_images},
 }
