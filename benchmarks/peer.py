@@ -21,6 +21,10 @@ For each method and seed, both libraries train for the same epochs from the same
   batch/256, per-step cosine to 0 via ``selfsup.config.schedule.warmup_cosine``, no warm-up);
 - kNN: one function for both (``benchmarks.reference.common``: eval-mode pooled features of the normalised
   images, selfsup's weighted kNN, k=200, t=0.1), after every epoch; epoch 0 is the shared initialisation.
+Numerics: each library's default. selfsup's ``train.precision`` and ``train.channels_last`` are left at ``auto``
+(``selfsup.train.numerics``: on a CPU with native bf16, 32 px images train under bf16 autocast, channels-last;
+each row records what it resolved to); lightly's examples train in fp32, NCHW. ``--selfsup-set
+train.precision=fp32 --selfsup-set train.channels_last=false`` gives selfsup the same numerics as lightly.
 Throughput: training only (no kNN), images per wall second and per CPU second (``time.process_time``), an
 image being one dataset sample (all its views).
 
@@ -99,6 +103,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=5000)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--seeds", default="0", help="comma list")
+    parser.add_argument("--sgd-lr", type=float, default=SGD["lr"],
+                        help="SGD's lr per 256 images on both sides (lightly's CIFAR-10 benchmark: 0.06 per 128)")
     parser.add_argument("--knn-k", type=int, default=200)
     parser.add_argument("--knn-t", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1)
@@ -106,7 +112,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--selfsup-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a further selfsup config value (e.g. train.channels_last=true), recorded in the row")
     parser.add_argument("--step-timing", action="store_true", help="only time the bare backbone step variants")
-    parser.add_argument("--report", help="only print the tables of a --json file written before")
+    parser.add_argument("--report", action="append", default=[], metavar="JSONL",
+                        help="only print the tables of --json files written before; given twice or more, a later "
+                             "file's side of a run (same method, seed and sizes) replaces an earlier file's")
     return parser.parse_args(argv)
 
 
@@ -159,7 +167,7 @@ def selfsup_config(method: str, spec: str, data: Datasets, args: argparse.Namesp
         "backbone": {"name": "resnet18", "width": args.width, "stem": "cifar"},
         "head": s["head"], "loss": s["loss"], "views": s["views"], "optim": optim,
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": seed, "device": "cpu",
-                  "precision": "fp32", "progress": False, "tensorboard": False, "checkpoint_every": 10**6},
+                  "progress": False, "tensorboard": False, "checkpoint_every": 10**6},
         "recipe": {"fit": False},
         "eval": {"every": 0, "knn_k": args.knn_k, "knn_t": args.knn_t, "plots": False},
     }
@@ -179,7 +187,8 @@ def train_selfsup(method: str, spec: str, data: Datasets, init: nn.Module, args:
             trainer._train(args.epochs, epoch + 1)  # the Trainer's own loop, one epoch at a time (no folder)
         on_epoch(epoch + 1, trainer.encoder, clock)
     losses = [row["loss"] for row in trainer.history]
-    return {"config": {k: cfg[k] for k in ("backbone", "head", "loss", "views", "optim", "train", "recipe")},
+    return {"numerics": {"bf16": trainer.bf16, "channels_last": trainer.channels_last},
+            "config": {k: cfg[k] for k in ("backbone", "head", "loss", "views", "optim", "train", "recipe")},
             "losses": losses}
 
 
@@ -326,7 +335,7 @@ def run_pair(method: str, spec: str, data: Datasets, args: argparse.Namespace, s
     init = initial_encoder(args.width, data, seed)
     random_init = knn(init, data, args.knn_k, args.knn_t)
     row: dict[str, Any] = {"method": method, "seed": seed, "epochs": args.epochs, "width": args.width,
-                           "selfsup_set": args.selfsup_set,
+                           "selfsup_set": args.selfsup_set, "sgd_lr": SGD["lr"],
                            "batch": args.batch_size, "train": len(data.pretrain), "test": len(data.test),
                            "raw_pixels": raw, "random_init": random_init}
     images = len(data.pretrain) // args.batch_size * args.batch_size  # images trained per epoch
@@ -356,6 +365,19 @@ def run_pair(method: str, spec: str, data: Datasets, args: argparse.Namespace, s
         row[library] = {"knn": curve[-1], "curve": curve, "wall_s": timing["wall"], "cpu_s": timing["cpu"],
                         "images_per_s": n / timing["wall"], "images_per_cpu_s": n / timing["cpu"], **extra}
     return row
+
+
+def merged_rows(paths: list[str]) -> list[dict[str, Any]]:
+    """The rows of several --json files, one per run: a later file's library side replaces an earlier one's."""
+    runs: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                key = tuple(row[k] for k in ("method", "seed", "epochs", "width", "batch", "train", "test"))
+                key += (row.get("sgd_lr", SGD["lr"]),)
+                runs.setdefault(key, {}).update(row)
+    return list(runs.values())
 
 
 # ---- the table -------------------------------------------------------------------------------------------
@@ -450,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     if args.report:
-        rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
+        rows = merged_rows(args.report)
         print(table(rows) + "\n\nOver seeds\n\n" + seed_summary(rows)
               + "\n\nkNN@200 per epoch (epoch 0: the shared initialisation)\n\n" + curves(rows))
         return 0
@@ -464,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<22} wall {t['wall_ms']:8.1f}  cpu {t['cpu_ms']:8.1f} (min {t['min_cpu_ms']:.1f})  "
                   f"fp32 / this (cpu) {base / t['cpu_ms']:.2f}")
         return 0
+    SGD["lr"] = args.sgd_lr
     import_lightly()
     libraries = args.libraries.split(",")
     raw = knn(nn.Identity(), data, args.knn_k, args.knn_t)

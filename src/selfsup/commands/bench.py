@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from selfsup.data.base import ArrayDataset
 from selfsup.data.views import build_views
+from selfsup.train.numerics import resolve_numerics
 from selfsup.train.optim import build_optimizer
 from selfsup.train.setup import build_method, check_model_size, make_config, resolve_device, seed_everything
 from selfsup.train.step import StepForward, build_step_forward, compile_target
@@ -199,13 +200,14 @@ def bench(
     if compile_target(cfg["train"]["compile"]) == "backbone":
         raise ValueError("selfsup bench compiles the whole step or nothing: use --set train.compile=step")
     dev = resolve_device(device if device != "auto" else cfg["train"]["device"])
-    bf16 = dev.type == "cuda" and cfg["train"]["precision"] in ("auto", "bf16")
+    numerics = resolve_numerics(cfg["train"], dev, data)
+    bf16, channels_last = numerics.bf16, numerics.channels_last
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     check_model_size(cfg, data)
     seed_everything(0)
     model = build_method(cfg, data, steps_per_epoch=steps + warmup + 1).to(dev)
-    if dev.type == "cuda":
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     views = build_views(cfg["views"], data.channels, data.input_size, data.mean, data.std)
     optimizer = build_optimizer(model.param_groups(), cfg["optim"], batch_size)
@@ -215,8 +217,8 @@ def bench(
     indices = torch.arange(batch_size, device=dev)
     encoder_grads = [torch.zeros_like(p) for p in model.encoder.parameters()]
     step = [0]
-    eager = StepForward(model, model, views, torch.float32, bf16, channels_last=dev.type == "cuda")
-    timed = build_step_forward(model, model, views, cfg["train"], torch.float32, bf16, dev.type == "cuda")
+    eager = StepForward(model, model, views, torch.float32, bf16, channels_last)
+    timed = build_step_forward(model, model, views, cfg["train"], torch.float32, bf16, channels_last)
 
     def method_step(replayed: bool = False, forward: Callable = eager) -> None:
         _, loss, _ = forward(batch, labels, indices)
@@ -232,7 +234,7 @@ def bench(
 
     passes = record_backbone_passes(model, method_step)
     fixed_views = [v.detach() for v in views(batch)]
-    if dev.type == "cuda":
+    if channels_last:
         fixed_views = [v.contiguous(memory_format=torch.channels_last) for v in fixed_views]
 
     def backbone_passes(plan: list[BackbonePass]) -> Callable[[], None]:

@@ -47,11 +47,11 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 256,
         "seed": 0,
         "device": "auto",
-        "precision": "auto",  # bf16 autocast on CUDA, fp32 on CPU; fp64 for exactness checks
+        "precision": "auto",  # bf16 autocast on CUDA, and on bf16 CPUs for images > 28 px (train/numerics.py)
         "compile": False,  # torch.compile: false, backbone (or true), or the whole step's forward (train/step.py)
         "compile_mode": "default",  # torch.compile's mode; reduce-overhead adds CUDA graphs
         "compile_backend": "inductor",
-        "channels_last": "auto",  # images in NHWC: auto on a GPU only; true also on a CPU (faster there, not bitwise)
+        "channels_last": "auto",  # images in NHWC: auto on a GPU, and on a CPU for images > 28 px (train/numerics.py)
         "checkpoint_every": 1,  # epochs between checkpoints (and the last epoch)
         "checkpoint_every_steps": 0,  # also a mid-epoch checkpoint every N steps (0: none); resumes exactly
         "on_nan": "stop",  # a nan/inf loss: 'stop' (last good checkpoint kept) or 'skip' the step and count it

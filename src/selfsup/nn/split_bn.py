@@ -43,34 +43,30 @@ class SplitBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not self.training or self.num_splits == 1 or distributed.is_distributed():
             return super().forward(x)
         self._check_input_dim(x)
-        splits, (batch, channels), rest = self.num_splits, x.shape[:2], x.shape[2:]
+        splits, batch = self.num_splits, x.shape[0]
         if batch % splits:
             raise ValueError(
                 f"a batch of {batch} samples cannot be split into {splits} batch-norm groups: use a batch size "
                 f"that is a multiple of {splits}, or set head.bn_splits to a divisor of it"
             )
-        # [B, C, ...] -> [B/S, S*C, ...]: channel block g of row j is sample g*B/S + j, so that one
-        # batch_norm call normalises each group (block of channels) over its own B/S samples.
-        grouped = x.reshape(splits, batch // splits, channels, *rest).transpose(0, 1).reshape(
-            batch // splits, splits * channels, *rest
-        )
-        running_mean = running_var = None
+        # Each group is a view of the batch (contiguous in NCHW and in channels_last alike), normalised by its
+        # own batch_norm call; only the concatenation of the outputs copies.
+        means = variances = [None] * splits
         momentum = 0.0
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            running_mean = self.running_mean.repeat(splits)
-            running_var = self.running_var.repeat(splits)
-        weight = self.weight.repeat(splits) if self.affine else None
-        bias = self.bias.repeat(splits) if self.affine else None
-        y = F.batch_norm(grouped, running_mean, running_var, weight, bias, True, momentum, self.eps)
+            means = [self.running_mean.clone() for _ in range(splits)]
+            variances = [self.running_var.clone() for _ in range(splits)]
+        groups = x.split(batch // splits)
+        y = torch.cat([
+            F.batch_norm(group, mean, var, self.weight, self.bias, True, momentum, self.eps)
+            for group, mean, var in zip(groups, means, variances)
+        ])
         if self.track_running_stats:
             with torch.no_grad():
-                self.running_mean.copy_(running_mean.view(splits, channels).mean(0))
-                self.running_var.copy_(running_var.view(splits, channels).mean(0))
-        y = y.reshape(batch // splits, splits, channels, *rest).transpose(0, 1).reshape(x.shape)
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            y = y.contiguous(memory_format=torch.channels_last)
+                self.running_mean.copy_(torch.stack(means).mean(0))
+                self.running_var.copy_(torch.stack(variances).mean(0))
         return y
 
 

@@ -26,6 +26,7 @@ from selfsup.run.divergence import DivergenceGuard
 from selfsup.run.epoch_record import EpochRecord
 from selfsup.run.preemption import Preempted, PreemptionWatch
 from selfsup.run.resume import check_checkpoint, replan
+from selfsup.train.numerics import describe_cpu_autocast, resolve_numerics
 from selfsup.train.optim import apply_lr, build_optimizer
 from selfsup.train.prepare import prepare
 from selfsup.train.setup import Datasets, build_method, resolve_device, seed_everything, validate
@@ -94,14 +95,11 @@ class Trainer:
         validate(cfg, datasets.pretrain, self.world)
         self.device = resolve_device(train["device"])
         on_gpu = self.device.type == "cuda"
-        if train["precision"] not in ("auto", "bf16", "fp32", "fp64"):
-            raise ValueError(f"unknown train.precision '{train['precision']}'; use auto, bf16, fp32 or fp64")
-        self.bf16 = train["precision"] == "bf16" or (train["precision"] == "auto" and on_gpu)
-        self.dtype = torch.float64 if train["precision"] == "fp64" else torch.float32
-        # auto: on a GPU only, so that CPU runs stay bit for bit comparable with earlier ones; true also on a CPU,
-        # where it made a ResNet-18 step 1.49x faster (benchmarks/RESULTS.md, "selfsup beside lightly")
-        wanted = train["channels_last"] is True or (train["channels_last"] == "auto" and on_gpu)
-        self.channels_last = wanted and datasets.pretrain.kind == "image"
+        numerics = resolve_numerics(train, self.device, datasets.pretrain)
+        self.bf16, self.dtype, self.channels_last = numerics.bf16, numerics.dtype, numerics.channels_last
+        notice = describe_cpu_autocast(numerics, train, self.device)
+        if notice is not None:
+            self.console.say(notice)
         self.batch_size = train["batch_size"]
         self.steps_per_epoch = len(datasets.pretrain) // self.batch_size
         self.total_steps = self.steps_per_epoch * train["epochs"]
