@@ -80,9 +80,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # lightly: BarlowTwinsProjectionHead(F, 2048, 2048) (3 layers), BarlowTwinsLoss(lambda_param=5e-3)
     "barlow_twins": {"head": {"proj_hidden_dim": 2048, "proj_out_dim": 2048, "proj_layers": 3},
                      "loss": {"lambda_offdiag": 0.005, "scale": 1.0}, "views": {"preset": "byol_cifar"}, "optim": SGD},
-    # lightly: VICRegProjectionHead(F, 2048, 2048, num_layers=2), VICRegLoss() (25, 25, 1)
+    # lightly: VICRegProjectionHead(F, 2048, 2048, num_layers=2), VICRegLoss() (25, 25, 1); SGD(lr=0.06) without
+    # momentum or weight decay as lightly's vicreg.py (batch 256): with the others' momentum 0.9 both sides diverge
     "vicreg": {"head": {"proj_hidden_dim": 2048, "proj_out_dim": 2048, "proj_layers": 2},
-               "loss": {"sim": 25.0, "var": 25.0, "cov": 1.0}, "views": {"preset": "byol_cifar", "scale": [0.2, 1.0], "solarize_p": 0.1}, "optim": SGD},
+               "loss": {"sim": 25.0, "var": 25.0, "cov": 1.0},
+               "views": {"preset": "byol_cifar", "scale": [0.2, 1.0], "solarize_p": 0.1},
+               "optim": {"name": "sgd", "lr": 0.06, "momentum": 0.0, "weight_decay": 0.0}},
     # lightly: SwaVProjectionHead(F, 512, 128), SwaVPrototypes(128, 512), SwaVLoss() (0.1, 3 iterations, 0.05),
     # no queue, no frozen prototypes; Adam(lr=1e-3) as lightly's swav.py
     "swav": {"head": {"proj_hidden_dim": 512, "proj_out_dim": 128, "num_prototypes": 512, "queue_size": 0,
